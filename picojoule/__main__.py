@@ -1,0 +1,3 @@
+from picojoule.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Export and compilation of compressed models (ONNX, TVM)."""

@@ -1,0 +1,1 @@
+"""Search: strategies, constraint program, accuracy evaluation."""

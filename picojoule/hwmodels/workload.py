@@ -1,0 +1,214 @@
+"""What a batch of policies does to a graph's layers, as (policies x layers) numpy arrays.
+
+Both cost models start from the :class:`Workload`: the MACs, element-wise ops, weights and
+activations each layer has after pruning and low-rank splitting, and the operand widths after
+padding to what the target's datapath supports. Everything is vectorised over policies.
+
+Pruning: a layer's output channels shrink by the keep ratio of its pruning group (the group's
+*anchor* layer carries the knob), its input channels by the group that produces them; counts are
+rounded to whole channels, at least one. A depthwise conv follows its input group.
+Low rank ``r`` (an absolute rank, clipped to the pruned layer's full rank): a k x k conv C->M
+becomes k x k C->r then 1 x 1 r->M, a linear becomes two; the r-channel intermediate is written
+and read once more (``mid_elems``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from picojoule.errors import PicojouleError
+from picojoule.graph import LayerGraph
+from picojoule.hwmodels.target import OP_KINDS, Target
+from picojoule.spaces.policy import Policy
+
+KNOBS = ("w_bits", "a_bits", "keep", "rank", "sparsity")
+
+
+@dataclass(frozen=True)
+class GraphArrays:
+    """Static per-layer figures of one graph, length L each (computed once per graph)."""
+
+    names: list[str]
+    kind: np.ndarray  # index into OP_KINDS
+    has_macs: np.ndarray  # conv/linear/matmul
+    depthwise: np.ndarray
+    rankable: np.ndarray
+    cout: np.ndarray
+    cin: np.ndarray  # per group for convs (= C of the weight tensor)
+    k_area: np.ndarray
+    kernel_w: np.ndarray
+    stride: np.ndarray
+    out_rows: np.ndarray  # P: output rows (conv) or tokens/rows (linear, matmul)
+    out_cols: np.ndarray  # Q: output columns (conv), 1 otherwise
+    spatial: np.ndarray  # output elements per output channel (P*Q, times heads for matmul)
+    ops: np.ndarray
+    bias: np.ndarray  # parameters beyond the weight tensor (bias, folded BN): scale with out channels
+    in_a: np.ndarray
+    in_b: np.ndarray
+    out_elems: np.ndarray
+    group_out: np.ndarray  # column of the keep matrix (G = fixed, keep 1)
+    group_in: np.ndarray
+    group_a: np.ndarray
+    group_b: np.ndarray
+    anchors: np.ndarray  # layer index of each group's anchor, length G
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.names)
+
+
+def graph_arrays(graph: LayerGraph) -> GraphArrays:
+    """The static arrays of ``graph`` (cached on it)."""
+    cached = getattr(graph, "_arrays", None)
+    if cached is not None:
+        return cached
+    layers = graph.layers
+    n_groups = len(graph.groups)
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    var_group = {layer.out_var: layer.group for layer in layers if layer.group >= 0}
+
+    def col(g: int) -> int:
+        return g if g >= 0 else n_groups
+
+    def arr(values, dtype=np.float64) -> np.ndarray:
+        return np.asarray(list(values), dtype=dtype)
+
+    spatial = [layer.out_elems / max(layer.out_channels, 1) for layer in layers]
+    rows = [
+        layer.out_shape[2] if layer.op == "conv" and len(layer.out_shape) == 4 else s
+        for layer, s in zip(layers, spatial)
+    ]
+    cols = [s / r if r else 1 for s, r in zip(spatial, rows)]
+    ga = GraphArrays(
+        names=[layer.name for layer in layers],
+        kind=arr((OP_KINDS.index(layer.kind) for layer in layers), np.int64),
+        has_macs=arr((layer.macs > 0 for layer in layers), bool),
+        depthwise=arr((layer.kind == "depthwise" for layer in layers), bool),
+        rankable=arr((layer.rankable for layer in layers), bool),
+        cout=arr(layer.out_channels for layer in layers),
+        cin=arr(
+            (layer.in_channels // layer.groups if layer.op == "conv" else layer.in_channels) for layer in layers
+        ),
+        k_area=arr(layer.kernel[0] * layer.kernel[1] for layer in layers),
+        kernel_w=arr(layer.kernel[1] for layer in layers),
+        stride=arr(layer.stride[1] for layer in layers),
+        out_rows=arr(rows),
+        out_cols=arr(cols),
+        spatial=arr(spatial),
+        ops=arr(layer.ops for layer in layers),
+        bias=arr(layer.params - layer.weights for layer in layers),
+        in_a=arr((layer.in_elems[0] if layer.in_elems else 0) for layer in layers),
+        in_b=arr((layer.in_elems[1] if len(layer.in_elems) > 1 else 0) for layer in layers),
+        out_elems=arr(layer.out_elems for layer in layers),
+        group_out=arr((col(layer.group) for layer in layers), np.int64),
+        group_in=arr((col(layer.in_group) for layer in layers), np.int64),
+        group_a=arr((col(var_group.get(layer.in_vars[0], -1)) if layer.in_vars else n_groups for layer in layers),
+                    np.int64),
+        group_b=arr(
+            (col(var_group.get(layer.in_vars[1], -1)) if len(layer.in_vars) > 1 else n_groups for layer in layers),
+            np.int64,
+        ),
+        anchors=arr((index[g.anchor] for g in graph.groups), np.int64),
+    )
+    graph._arrays = ga
+    return ga
+
+
+@dataclass
+class PolicyBatch:
+    """N policies over one graph's L layers: each knob an (N, L) array."""
+
+    w_bits: np.ndarray
+    a_bits: np.ndarray
+    keep: np.ndarray
+    rank: np.ndarray
+    sparsity: np.ndarray
+
+    def __len__(self) -> int:
+        return self.w_bits.shape[0]
+
+    @classmethod
+    def uniform(cls, n: int, n_layers: int, **values: float) -> PolicyBatch:
+        defaults = {"w_bits": 32, "a_bits": 32, "keep": 1.0, "rank": 0, "sparsity": 0.0} | values
+        return cls(**{k: np.full((n, n_layers), float(defaults[k])) for k in KNOBS})
+
+
+def policy_batch(graph: LayerGraph, policies: Sequence[Policy]) -> PolicyBatch:
+    """Stack policies (keyed by layer name) into arrays in the graph's layer order."""
+    rows = {k: np.empty((len(policies), len(graph))) for k in KNOBS}
+    for i, policy in enumerate(policies):
+        unknown = set(policy.layers) - set(graph._index)
+        if unknown:
+            raise PicojouleError(f"policy: layer '{sorted(unknown)[0]}' is not in model '{graph.name}'")
+        for j, layer in enumerate(graph.layers):
+            lp = policy.for_layer(layer.name)
+            for k in KNOBS:
+                rows[k][i, j] = getattr(lp, k)
+    return PolicyBatch(**rows)
+
+
+@dataclass
+class Workload:
+    """Per (policy, layer) work after the policy, and the operand widths the target really uses."""
+
+    macs: np.ndarray
+    ops: np.ndarray
+    weight_elems: np.ndarray
+    in_elems: np.ndarray
+    out_elems: np.ndarray
+    mid_elems: np.ndarray  # low-rank intermediate, written then read
+    w_bits: np.ndarray  # padded to the datapath's native widths
+    a_bits: np.ndarray
+    mode_bits: np.ndarray
+    peak_macs_per_s: np.ndarray
+    mac_energy_pj: np.ndarray
+    # conv-like shape of the (first part of the) layer, for the Eyeriss-style model
+    m: np.ndarray
+    c: np.ndarray
+    rank: np.ndarray  # effective rank, 0 where not split
+    sparsity: np.ndarray
+
+
+def _pad(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Round each width up to the next supported one (the widest if none is wide enough)."""
+    idx = np.minimum(np.searchsorted(widths, bits, side="left"), len(widths) - 1)
+    return widths[idx]
+
+
+def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -> Workload:
+    """Apply the policies in ``pb`` to the graph and the target's datapath widths."""
+    n = len(pb)
+    keep_g = np.ones((n, len(ga.anchors) + 1))
+    keep_g[:, :-1] = pb.keep[:, ga.anchors]
+    k_out, k_in = keep_g[:, ga.group_out], keep_g[:, ga.group_in]
+    cout = np.maximum(np.rint(ga.cout * k_out), 1.0)
+    cin = np.where(ga.depthwise, 1.0, np.maximum(np.rint(ga.cin * k_in), 1.0))
+    full_rank = np.minimum(cout, cin * ga.k_area)
+    rank = np.where(ga.rankable & (pb.rank > 0), np.minimum(pb.rank, full_rank), 0.0)
+    split = rank > 0
+    spatial = ga.spatial * batch
+    dense_macs = spatial * cout * cin * ga.k_area
+    split_macs = spatial * rank * (cin * ga.k_area + cout)
+    macs = np.where(ga.has_macs, np.where(split, split_macs, dense_macs), 0.0)
+    weights = np.where(split, rank * (cin * ga.k_area + cout), np.where(ga.has_macs, cout * cin * ga.k_area, 0.0))
+    weights = np.where(ga.kind == OP_KINDS.index("matmul"), 0.0, weights) + ga.bias * k_out
+    in_elems = (ga.in_a * keep_g[:, ga.group_a] + ga.in_b * keep_g[:, ga.group_b]) * batch
+    out_elems = ga.out_elems * k_out * batch
+    native = np.asarray(target.compute.native_bits, dtype=np.float64)
+    w_bits, a_bits = _pad(pb.w_bits, native), _pad(pb.a_bits, native)
+    modes = target.compute.modes
+    mode_widths = np.asarray([m.bits for m in modes], dtype=np.float64)
+    mode_idx = np.minimum(np.searchsorted(mode_widths, np.maximum(w_bits, a_bits)), len(modes) - 1)
+    mode_bits = mode_widths[mode_idx]
+    mac_pj = np.asarray([m.mac_energy_pj for m in modes])[mode_idx]
+    if target.compute.precision_scalable:
+        mac_pj = mac_pj * (np.minimum(w_bits, mode_bits) * np.minimum(a_bits, mode_bits)) / mode_bits**2
+    return Workload(
+        macs=macs, ops=ga.ops * k_out * batch, weight_elems=weights, in_elems=in_elems, out_elems=out_elems,
+        mid_elems=np.where(split, spatial * rank, 0.0), w_bits=w_bits, a_bits=a_bits, mode_bits=mode_bits,
+        peak_macs_per_s=np.asarray([m.peak_macs_per_s for m in modes])[mode_idx], mac_energy_pj=mac_pj,
+        m=cout, c=cin, rank=rank, sparsity=pb.sparsity,
+    )

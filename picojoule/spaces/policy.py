@@ -1,0 +1,120 @@
+"""Policy: one choice of weight bits, activation bits, keep ratio, rank and sparsity per layer.
+
+A policy document is YAML or JSON::
+
+    default: {w_bits: 8, a_bits: 8, keep: 1.0}
+    layers:
+      conv1: {w_bits: 8, a_bits: 8}      # any subset of the fields; the rest come from default
+      layer3.0.conv1: {keep: 0.5, rank: 16}
+
+``w_bits``/``a_bits`` of 32 mean float32 (not quantised); a layer's ``a_bits`` are the bits of its
+input activations (HAQ's convention); ``keep`` is the fraction of output channels kept; ``rank`` 0
+or null means no low-rank split; ``sparsity`` is the fraction of weights that are zero (unstructured
+or 2:4, priced only where the target gates or skips zeros).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picojoule.errors import PicojouleError
+
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """The knobs of one layer."""
+
+    w_bits: int = FLOAT_BITS
+    a_bits: int = FLOAT_BITS
+    keep: float = 1.0
+    rank: int = 0
+    sparsity: float = 0.0
+
+    def check(self, where: str) -> None:
+        """Raise a one-line error naming ``where`` and the field if a value is out of range."""
+        for name in ("w_bits", "a_bits"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 32:
+                raise PicojouleError(f"{where}: field '{name}': expected an integer in 1..32, got {v!r}")
+        if not isinstance(self.keep, (int, float)) or not 0 < self.keep <= 1:
+            raise PicojouleError(f"{where}: field 'keep': expected a number in (0, 1], got {self.keep!r}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
+            raise PicojouleError(f"{where}: field 'rank': expected a non-negative integer or null, got {self.rank!r}")
+        if not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1:
+            raise PicojouleError(f"{where}: field 'sparsity': expected a number in [0, 1), got {self.sparsity!r}")
+
+
+_FIELDS = {f.name for f in fields(LayerPolicy)}
+
+
+def _layer_policy(data: Any, base: LayerPolicy, where: str) -> LayerPolicy:
+    if not isinstance(data, dict):
+        raise PicojouleError(f"{where}: expected a mapping of {sorted(_FIELDS)}, got {type(data).__name__}")
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise PicojouleError(f"{where}: unknown field '{sorted(unknown)[0]}' (expected {', '.join(sorted(_FIELDS))})")
+    values = {k: (0 if k == "rank" and v is None else v) for k, v in data.items()}
+    lp = replace(base, **values)
+    lp.check(where)
+    return lp
+
+
+@dataclass
+class Policy:
+    """A per-layer compression policy: a default plus per-layer overrides, keyed by layer name."""
+
+    default: LayerPolicy = field(default_factory=LayerPolicy)
+    layers: dict[str, LayerPolicy] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # model, target, provenance, objectives
+
+    def for_layer(self, name: str) -> LayerPolicy:
+        return self.layers.get(name, self.default)
+
+    @classmethod
+    def uniform(cls, w_bits: int = FLOAT_BITS, a_bits: int = FLOAT_BITS, keep: float = 1.0) -> Policy:
+        return cls(LayerPolicy(w_bits, a_bits, keep))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "policy") -> Policy:
+        if not isinstance(data, dict):
+            raise PicojouleError(f"{source}: expected a mapping with 'default' and/or 'layers'")
+        default = _layer_policy(data.get("default", {}), LayerPolicy(), f"{source}: default")
+        layers_data = data.get("layers") or {}
+        if not isinstance(layers_data, dict):
+            raise PicojouleError(f"{source}: field 'layers': expected a mapping of layer name to fields")
+        layers = {str(k): _layer_policy(v, default, f"{source}: layer '{k}'") for k, v in layers_data.items()}
+        meta = {k: v for k, v in data.items() if k not in ("default", "layers")}
+        return cls(default, layers, meta)
+
+    def to_dict(self) -> dict[str, Any]:
+        default = asdict(self.default)
+        layers = {
+            name: {k: v for k, v in asdict(lp).items() if v != default[k]} for name, lp in self.layers.items()
+        }
+        return {**self.meta, "default": default, "layers": {k: v for k, v in layers.items() if v}}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise PicojouleError(f"{path}: cannot read policy: {e.strerror}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise PicojouleError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        return cls.from_dict(data, str(path))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        data = self.to_dict()
+        path.write_text(json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False))

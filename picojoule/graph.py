@@ -4,7 +4,9 @@ Two front ends (``torch.export`` for nn.Modules, ``onnx`` for .onnx files) trans
 same list of primitive ops (:class:`RawOp`); one assembler turns that list into the graph:
 
 * BatchNorm that directly follows a conv or linear is folded into it (its scale and shift count as
-  that layer's parameters, as the reference parameter counts do);
+  that layer's parameters, as the reference parameter counts do), and an activation that alone
+  consumes a layer's output is fused into that layer (one op per output element), as accelerators
+  and compilers such as TVM do;
 * data-movement ops (reshape, transpose, slice, pad, dropout, ...) are not layers: edges pass
   through them;
 * every tensor's channel dimension gets a *channel variable*. Ops that keep channels aligned (BN,
@@ -67,7 +69,8 @@ class Layer:
     macs: int = 0
     weights: int = 0  # weight tensor elements
     params: int = 0  # weights + bias + folded BN scale/shift
-    ops: int = 0  # element-wise operations (non-MAC layers)
+    ops: int = 0  # element-wise operations (non-MAC layers, and activations fused into a layer)
+    fused: list[str] = field(default_factory=list)  # activations fused into this layer
     in_elems: list[int] = field(default_factory=list)
     out_elems: int = 0
     in_vars: list[int] = field(default_factory=list)  # channel variable of each activation input
@@ -188,31 +191,38 @@ class _UnionFind:
         self.fixed[self.find(v)] = True
 
 
-def _fold_batchnorm(ops: list[RawOp]) -> list[RawOp]:
-    """Fold a BN into the conv/linear that alone feeds it; any other BN becomes a 'norm' layer."""
+def _fuse(ops: list[RawOp]) -> list[RawOp]:
+    """Fold a BN into the conv/linear that alone feeds it, and fuse an activation into the layer that
+    alone feeds it (as accelerators and TVM do); any other BN becomes a 'norm' layer."""
     consumers: dict[str, int] = {}
     for op in ops:
         for t in op.inputs:
             consumers[t] = consumers.get(t, 0) + 1
-    producer = {op.output: op for op in ops}
-    out: list[RawOp] = []
+    producer: dict[str, RawOp] = {}
     renamed: dict[str, str] = {}
+    out: list[RawOp] = []
     for op in ops:
         op.inputs = [renamed.get(t, t) for t in op.inputs]
-        if op.op == "batchnorm":
-            src = producer.get(op.inputs[0])
-            if src is not None and src.op in ("conv", "linear") and consumers.get(op.inputs[0]) == 1:
-                src.attrs["extra_params"] = src.attrs.get("extra_params", 0) + op.attrs["params"]
-                renamed[op.output] = src.output
-                continue
-            op.op = "norm"
-        out.append(op)
+        src = producer.get(op.inputs[0]) if op.inputs else None
+        sole = src is not None and consumers.get(op.inputs[0]) == 1
+        if op.op == "batchnorm" and sole and src.op in ("conv", "linear") and not src.attrs.get("fused"):
+            src.attrs["extra_params"] = src.attrs.get("extra_params", 0) + op.attrs["params"]
+        elif op.op == "act" and sole and src.op in LAYER_OPS and src.op != "softmax":
+            src.attrs.setdefault("fused", []).append(op.name)
+        else:
+            if op.op == "batchnorm":
+                op.op = "norm"
+            producer[op.output] = op
+            out.append(op)
+            continue
+        consumers[src.output] = consumers.get(op.output, 0)
+        renamed[op.output] = src.output
     return out
 
 
 def assemble(name: str, ops: list[RawOp], graph_inputs: list[str], graph_outputs: list[str]) -> LayerGraph:
     """Build a LayerGraph from a front end's primitive ops (in topological order)."""
-    ops = _fold_batchnorm(ops)
+    ops = _fuse(ops)
     uf = _UnionFind()
     var: dict[str, int] = {t: uf.new(fixed=True) for t in graph_inputs}
     producer_layer: dict[str, set[str]] = {t: set() for t in graph_inputs}  # tensor -> nearest layers
@@ -326,6 +336,8 @@ def _make_layer(op: RawOp) -> Layer:
         if op.op == "pool":
             layer.ops = max(in_elems[0], out_elems)
             layer.kernel = tuple(a.get("kernel", (1, 1)))
+    layer.fused = list(a.get("fused", []))
+    layer.ops += out_elems * len(layer.fused)
     layer.params = layer.weights + a.get("bias", 0) + a.get("extra_params", 0) + a.get("params", 0)
     return layer
 

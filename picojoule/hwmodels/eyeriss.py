@@ -15,7 +15,7 @@ input activations (I) and partial sums (O) are counted at four roles of the memo
   cheaper of two tilings: weight chunks resident and inputs re-streamed, or input chunks resident
   and weights re-streamed. Outputs are written once.
 
-Accesses are weighted by the operand widths (psums at w_bits + a_bits, at most 32) and the
+Accesses are weighted by the operand widths (psums at w_bits + a_bits, at most the target's psum_bits) and the
 level's energy per bit. A low-rank layer is priced as its two parts; non-MAC layers move their
 inputs and outputs once through every level. Latency: the slowest of compute and each level's
 traffic over its bandwidth, as in the roofline.
@@ -36,7 +36,7 @@ def _conv_part(target: Target, p, q, r, s, stride, c, macs, w, i, o, wb, ab):
     rf_bits = target.memory[0].capacity_bytes * 8
     glb = target.memory[-2] if len(target.memory) >= 3 else target.memory[0]
     glb_bits = glb.capacity_bytes * glb.instances * 8
-    psum = np.minimum(wb + ab, 32.0)
+    psum = np.minimum(wb + ab, float(target.spatial.psum_bits))
     rf = macs * (wb + ab + 2 * psum)
     n_c = np.clip(np.floor(rf_bits / 2 / (s * wb)), 1, np.maximum(c, 1))
     noc_w, noc_i, noc_o = macs / np.maximum(q, 1), macs / np.maximum(s / stride, 1), macs / (s * n_c)

@@ -98,6 +98,7 @@ class Spatial(_Strict):
     rows: int = Field(ge=1)
     cols: int = Field(ge=1)
     macs_per_pe_per_cycle: float = Field(gt=0, description="at the widest mode")
+    psum_bits: int = Field(default=32, ge=8, le=64, description="accumulator (partial sum) width in the PEs")
     source: str = Field(min_length=3)
 
 

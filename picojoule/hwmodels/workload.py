@@ -172,6 +172,13 @@ class Workload:
     sparsity: np.ndarray
 
 
+def kept_channels(channels, keep):
+    """Channels left when ``keep`` of ``channels`` are kept: rounded to nearest (ties to even), at least one.
+    The one rule shared by the cost models and by the code that really prunes (scalars or arrays)."""
+    kept = np.maximum(np.rint(np.asarray(channels, dtype=np.float64) * keep), 1.0)
+    return int(kept) if kept.ndim == 0 else kept
+
+
 def _pad(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Round each width up to the next supported one (the widest if none is wide enough)."""
     idx = np.minimum(np.searchsorted(widths, bits, side="left"), len(widths) - 1)
@@ -184,8 +191,8 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
     keep_g = np.ones((n, len(ga.anchors) + 1))
     keep_g[:, :-1] = pb.keep[:, ga.anchors]
     k_out, k_in = keep_g[:, ga.group_out], keep_g[:, ga.group_in]
-    cout = np.maximum(np.rint(ga.cout * k_out), 1.0)
-    cin = np.where(ga.depthwise, 1.0, np.maximum(np.rint(ga.cin * k_in), 1.0))
+    cout = kept_channels(ga.cout, k_out)
+    cin = np.where(ga.depthwise, 1.0, kept_channels(ga.cin, k_in))
     full_rank = np.minimum(cout, cin * ga.k_area)
     rank = np.where(ga.rankable & (pb.rank > 0), np.minimum(pb.rank, full_rank), 0.0)
     split = rank > 0

@@ -1,0 +1,108 @@
+"""The ``picojoule`` command line. A user's mistake prints one line and exits with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from picojoule.errors import PicojouleError
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from picojoule.hwmodels.target import load_target, target_names
+
+    rows = []
+    for name in target_names():
+        t = load_target(name)
+        rows.append({
+            "name": t.name, "kind": t.kind, "clock_ghz": t.clock_hz / 1e9, "technology_nm": t.technology_nm,
+            "peak_tops": {m.name: 2 * m.peak_macs_per_s / 1e12 for m in t.compute.modes},
+            "dram_gb_s": t.dram.bandwidth_bytes_per_s / 1e9, "static_w": t.power.static_w,
+            "tvm": t.tvm.kind if t.tvm else None, "description": t.description,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'target':12s} {'kind':11s} {'GHz':>5s} {'nm':>4s} {'DRAM GB/s':>9s}  peak TOPS by mode")
+    for r in rows:
+        peaks = ", ".join(f"{k} {v:.3g}" for k, v in r["peak_tops"].items())
+        print(f"{r['name']:12s} {r['kind']:11s} {r['clock_ghz']:5.2f} {r['technology_nm']:4d} {r['dram_gb_s']:9.1f}  {peaks}")
+    return 0
+
+
+def _print_cost(rep: dict[str, Any]) -> None:
+    comps = list(rep["total"]["energy_breakdown_j"])
+    print(f"{rep['model']} on {rep['target']} ({rep['cost_model']} model)")
+    head = f"{'layer':34s} {'op':7s} {'MMACs':>9s} {'lat µs':>9s} {'energy µJ':>10s} {'bound':>8s}  " + " ".join(
+        f"{c[:8]:>8s}" for c in comps)
+    print(head)
+    for r in rep["layers"]:
+        parts = " ".join(f"{r['energy_breakdown_j'][c] * 1e6:8.3f}" for c in comps)
+        print(f"{r['name'][:34]:34s} {r['op']:7s} {r['macs'] / 1e6:9.3f} {r['latency_s'] * 1e6:9.2f} "
+              f"{r['energy_j'] * 1e6:10.3f} {r['bound']:>8s}  {parts}")
+    t = rep["total"]
+    print(f"total: {t['macs'] / 1e6:.2f} M MACs, {t['params']:,} params, {t['size_bytes'] / 1024:.1f} KiB weights, "
+          f"{t['latency_s'] * 1e3:.4f} ms, {t['energy_j'] * 1e6:.2f} µJ, {t['co2e_g']:.3e} g CO2e per inference")
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from picojoule.graph import build_graph
+    from picojoule.hwmodels.costs import price, report
+    from picojoule.hwmodels.target import load_target
+    from picojoule.spaces.policy import Policy
+
+    target = load_target(args.target)
+    graph = build_graph(args.model)
+    policy = Policy.load(args.policy) if args.policy else Policy()
+    result = price(graph, target, policy, model=args.cost_model, batch=args.batch)
+    rep = report(graph, result, pue=args.pue, grid_g_per_kwh=args.grid)
+    if args.plot:
+        from picojoule.plots import plot_cost
+
+        print(f"plot written to {plot_cost(rep, target, args.plot)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        _print_cost(rep)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
+
+    parser = argparse.ArgumentParser(prog="picojoule", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("targets", help="list the hardware targets with their key figures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_targets)
+    p = sub.add_parser("cost", help="price a model (and a policy) on a target, layer by layer")
+    p.add_argument("model", help="zoo name (resnet20, resnet50, mobilenet_v2, bert_base, ...) or an .onnx path")
+    p.add_argument("--target", required=True, help="target name (see 'picojoule targets') or a target .yaml")
+    p.add_argument("--policy", help="policy YAML/JSON (default: float32, unpruned)")
+    p.add_argument("--cost-model", choices=["roofline", "eyeriss"], default="roofline")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--pue", type=float, default=DEFAULT_PUE)
+    p.add_argument("--grid", type=float, default=DEFAULT_GRID_G_PER_KWH, help="grid carbon intensity, g CO2e/kWh")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="draw the roofline and the per-layer energy breakdown")
+    p.set_defaults(func=_cost)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PicojouleError as e:
+        print(f"picojoule: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("picojoule: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""Accuracy of a (compressed) model, with the repairs that usually precede it: observer calibration,
+BatchNorm re-estimation and a short knowledge-distillation fine-tune."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from picojoule.data import ArrayDataset
+from picojoule.errors import PicojouleError
+
+Calibrate = Callable[[nn.Module, Sequence[torch.Tensor]], Any]
+"""``calibrate(model, batches)``: ``batches`` is a list of normalised input tensors on the model's device."""
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _require_data(data: ArrayDataset | None, what: str) -> ArrayDataset:
+    if data is None or len(data) == 0:
+        raise PicojouleError(f"{what}: expected a non-empty dataset")
+    return data
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and restore each module's train flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG (e.g. for dropout) without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = 256, progress: bool = False) -> float:
+    """Top-1 accuracy in [0, 1], computed in eval mode without gradients (the model's mode is restored)."""
+    data = _require_data(data, "accuracy")
+    device, correct = _device(model), 0
+    batches = data.batches(batch_size)
+    total = math.ceil(len(data) / batch_size)
+    with _eval_mode(model), torch.no_grad():
+        for xb, yb in tqdm(batches, total=total, desc="accuracy", disable=not progress, file=sys.stderr):
+            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
+    return correct / len(data)
+
+
+def reestimate_batchnorm(
+    model: nn.Module, data: ArrayDataset, *, batches: int = 16, batch_size: int = 128, seed: int = 0,
+    progress: bool = False,
+) -> int:
+    """Recompute every BatchNorm's running mean/var as a plain average over ``batches`` shuffled batches.
+
+    Only the BatchNorm layers run in train mode (dropout and observers stay in eval mode); no gradients.
+    The model is left in eval mode. Returns the number of images used (0 if the model has no BatchNorm).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    model.eval()
+    if not bns:
+        return 0
+    data = _require_data(data, "reestimate_batchnorm")
+    device, momenta, seen = _device(model), [bn.momentum for bn in bns], 0
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+        bn.train()
+    try:
+        stream = data.batches(batch_size, shuffle=True, seed=seed)
+        with torch.no_grad():
+            for _, (xb, _) in zip(tqdm(range(batches), desc="BN re-estimation", disable=not progress,
+                                       file=sys.stderr), stream):
+                model(xb.to(device))
+                seen += len(xb)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+    return seen
+
+
+def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+             temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher || student) on softened logits + (1 - alpha) * CE; plain CE without a teacher."""
+    ce = F.cross_entropy(student_logits, labels)
+    if teacher_logits is None:
+        return ce
+    kl = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                  reduction="batchmean", log_target=True)
+    return alpha * temperature**2 * kl + (1 - alpha) * ce
+
+
+def finetune_kd(
+    student: nn.Module, teacher: nn.Module | None, data: ArrayDataset, *, steps: int | None = None,
+    seconds: float | None = None, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+    temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, batch_size: int = 128, augment: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``student`` in place, distilling from ``teacher`` (plain CE on labels when it is None).
+
+    SGD with momentum; the learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
+    ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
+    ``augment`` applies the CIFAR crop+flip augmentation. Leaves the student in eval mode. Returns
+    ``{"steps", "seconds", "final_loss"}`` (the mean loss over the last 10 steps; NaN if no step ran).
+    """
+    if steps is None and seconds is None:
+        raise PicojouleError("finetune: expected a budget: steps or seconds")
+    if (steps is not None and steps < 0) or (seconds is not None and seconds < 0):
+        raise PicojouleError(f"finetune: expected a budget >= 0, got steps={steps}, seconds={seconds}")
+    data = _require_data(data, "finetune_kd")
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise PicojouleError("finetune: the student has no trainable parameters")
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    device, done, losses, epoch = _device(student), 0, [], 0
+    start = time.perf_counter()
+
+    def fraction() -> float:
+        by_steps = done / steps if steps else (1.0 if steps == 0 else 0.0)
+        by_time = (time.perf_counter() - start) / seconds if seconds else (1.0 if seconds == 0 else 0.0)
+        return max(by_steps, by_time)
+
+    bar = tqdm(total=steps, desc="fine-tune" if teacher is None else "fine-tune (KD)", disable=not progress,
+               file=sys.stderr)
+    with _seeded(seed, device), _eval_mode(teacher if teacher is not None else nn.Identity()):
+        student.train()
+        while fraction() < 1.0:
+            for xb, yb in data.batches(batch_size, shuffle=True, seed=(seed, epoch), augment=augment,
+                                       drop_last=len(data) >= batch_size):
+                if (frac := fraction()) >= 1.0:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+                xb, yb = xb.to(device), yb.to(device)
+                with torch.no_grad():
+                    teacher_logits = teacher(xb) if teacher is not None else None
+                loss = _kd_loss(student(xb), teacher_logits, yb, temperature, alpha)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach().item())
+                done += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            epoch += 1
+    bar.close()
+    student.eval()
+    tail = losses[-10:]
+    return {"steps": done, "seconds": time.perf_counter() - start,
+            "final_loss": sum(tail) / len(tail) if tail else math.nan}
+
+
+def evaluate(
+    model: nn.Module, test_data: ArrayDataset, *, calib_data: ArrayDataset | None = None,
+    calibrate: Calibrate | None = None, calib_batches: int = 8, bn_reestimate: bool = False,
+    finetune_steps: int = 0, finetune_seconds: float | None = None, teacher: nn.Module | None = None,
+    train_data: ArrayDataset | None = None, seed: int = 0, batch_size: int = 256, progress: bool = False,
+) -> dict[str, Any]:
+    """Repair ``model`` in place, then measure top-1 accuracy on ``test_data``.
+
+    In order: BatchNorm re-estimation (``bn_reestimate``, on ``calib_data`` or else ``train_data``), the
+    ``calibrate(model, batches)`` callback (``calib_batches`` batches of 128 inputs from the same data), a
+    fine-tune on ``train_data`` distilled from ``teacher`` (``finetune_steps``/``finetune_seconds``), accuracy.
+    Returns ``{"accuracy", "seconds", "n_test", "bn_images", "calibrated", "finetune"}``.
+    """
+    start = time.perf_counter()
+    device = _device(model)
+    calib_source = calib_data if calib_data is not None else train_data
+    bn_images = 0
+    if bn_reestimate:
+        bn_images = reestimate_batchnorm(model, _require_data(calib_source, "bn_reestimate: calib_data or "
+                                         "train_data"), seed=seed, progress=progress)
+    if calibrate is not None:
+        source = _require_data(calib_source, "calibrate: calib_data or train_data")
+        stream = source.batches(128, shuffle=True, seed=seed)
+        inputs = [xb.to(device) for _, (xb, _) in zip(range(calib_batches), stream)]
+        with torch.no_grad():
+            calibrate(model, inputs)
+    finetune = None
+    if finetune_steps or finetune_seconds:
+        finetune = finetune_kd(model, teacher, _require_data(train_data, "fine-tune: train_data"),
+                               steps=finetune_steps or None, seconds=finetune_seconds, seed=seed,
+                               progress=progress)
+    acc = accuracy(model, test_data, batch_size, progress)
+    return {"accuracy": acc, "seconds": time.perf_counter() - start, "n_test": len(test_data),
+            "bn_images": bn_images, "calibrated": calibrate is not None, "finetune": finetune}

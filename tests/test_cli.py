@@ -1,0 +1,81 @@
+"""The command line, run as a user runs it: a real subprocess, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "picojoule", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_targets_json():
+    out = run("targets", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert {"cpu-avx512", "v100", "a100", "h100", "tpu-v4", "fpga-zcu102", "edge-npu", "eyeriss"} <= set(rows)
+    assert rows["a100"]["peak_tops"]["int8-tensor"] == pytest.approx(624)
+    assert rows["eyeriss"]["dram_gb_s"] > 0
+
+
+def test_cost_json_plot_and_policy(tmp_path):
+    policy = tmp_path / "w4a8.yaml"
+    policy.write_text(yaml.safe_dump({"default": {"w_bits": 4, "a_bits": 8, "keep": 1.0},
+                                      "layers": {"conv1": {"w_bits": 8}, "layer3.0.conv1": {"keep": 0.5}}}))
+    png = tmp_path / "cost.png"
+    out = run("cost", "resnet20", "--target", "eyeriss", "--cost-model", "eyeriss", "--policy", str(policy),
+              "--json", "--plot", str(png))
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["model"] == "resnet20" and rep["target"] == "eyeriss"
+    assert rep["total"]["macs"] < 40_551_040  # layer3.0.conv1 pruned to half
+    assert {"macs", "params", "latency_s", "energy_j", "co2e_g"} <= set(rep["total"])
+    assert {"name", "op", "macs", "latency_s", "energy_j", "energy_breakdown_j", "bound"} <= set(rep["layers"][0])
+    assert png.stat().st_size > 20_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    base = json.loads(run("cost", "resnet20", "--target", "eyeriss", "--cost-model", "eyeriss", "--json").stdout)
+    assert rep["total"]["energy_j"] < base["total"]["energy_j"]
+
+
+def test_cost_table():
+    out = run("cost", "resnet20", "--target", "a100")
+    assert out.returncode == 0, out.stderr
+    assert "layer3.2.conv2" in out.stdout and "40.55 M MACs" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("cost", "resnet20", "--target", "tpu-v9"), "unknown target 'tpu-v9'"),
+        (("cost", "resnet99", "--target", "a100"), "unknown zoo model 'resnet99'"),
+        (("cost", "missing.onnx", "--target", "a100"), "missing.onnx: ONNX file not found"),
+    ],
+)
+def test_user_errors_are_one_line(args, needle, tmp_path):
+    out = run(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_bad_policy_and_target_files(tmp_path):
+    bad_policy = tmp_path / "p.yaml"
+    bad_policy.write_text("default: {w_bits: 40}\n")
+    out = run("cost", "resnet20", "--target", "a100", "--policy", str(bad_policy))
+    assert out.returncode == 2 and "w_bits" in out.stderr and str(bad_policy) in out.stderr
+    unknown_layer = tmp_path / "q.yaml"
+    unknown_layer.write_text("layers: {nope.conv: {keep: 0.5}}\n")
+    out = run("cost", "resnet20", "--target", "a100", "--policy", str(unknown_layer))
+    assert out.returncode == 2 and "nope.conv" in out.stderr
+    target = yaml.safe_load((Path(__file__).parents[1] / "picojoule/hwmodels/targets/a100.yaml").read_text())
+    del target["clock_hz"]
+    bad_target = tmp_path / "t.yaml"
+    bad_target.write_text(yaml.safe_dump(target))
+    out = run("cost", "resnet20", "--target", str(bad_target))
+    assert out.returncode == 2 and "clock_hz" in out.stderr and str(bad_target) in out.stderr
+    assert out.stderr.count("\n") == 1

@@ -15,3 +15,12 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "models" / "resnet20_cifar10.th").is_file():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def resnet20_state(shared_data: Path) -> dict:
+    """The pretrained ResNet-20 state_dict with the ``module.`` prefix stripped (saved on CUDA: map to CPU)."""
+    import torch
+
+    state = torch.load(shared_data / "models" / "resnet20_cifar10.th", weights_only=True, map_location="cpu")
+    return {k.removeprefix("module."): v for k, v in state["state_dict"].items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,18 +12,11 @@ from torch import nn
 from picojoule.errors import PicojouleError
 from picojoule.spaces.lowrank import apply_lowrank, factorize, lowrank_macs, max_useful_rank
 
-MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models"
-
-
 @pytest.fixture(scope="module")
-def real_conv() -> nn.Conv2d:
+def real_conv(resnet20_state: dict) -> nn.Conv2d:
     """resnet20's layer3.0.conv2 (64 -> 64, 3x3) with its pretrained weights."""
-    path = MODELS / "resnet20_cifar10.th"
-    if not path.exists():
-        pytest.skip(f"pretrained weights not found at {path}")
-    state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
     conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-    conv.weight.data.copy_(state["module.layer3.0.conv2.weight"])
+    conv.weight.data.copy_(resnet20_state["layer3.0.conv2.weight"])
     return conv
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,6 @@ from picojoule.spaces.quantize import (
     quantize_weight_mse,
 )
 
-MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models"
-
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).pow(2).sum() / b.pow(2).sum()).item()
@@ -33,12 +30,8 @@ def minmax_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def real_weight() -> torch.Tensor:
-    path = MODELS / "resnet20_cifar10.th"
-    if not path.exists():
-        pytest.skip(f"pretrained weights not found at {path}")
-    state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
-    return state["module.layer3.0.conv2.weight"].float()
+def real_weight(resnet20_state: dict) -> torch.Tensor:
+    return resnet20_state["layer3.0.conv2.weight"].float()
 
 
 @pytest.fixture(scope="module")

@@ -203,3 +203,28 @@ def evaluate(
     acc = accuracy(model, test_data, batch_size, progress)
     return {"accuracy": acc, "seconds": time.perf_counter() - start, "n_test": len(test_data),
             "bn_images": bn_images, "calibrated": calibrate is not None, "finetune": finetune}
+
+
+def evaluate_policy(
+    model: nn.Module, example_input: torch.Tensor, policy: Any, test_data: ArrayDataset, *, graph: Any = None,
+    calib_data: ArrayDataset | None = None, train_data: ArrayDataset | None = None, calib_batches: int = 2,
+    finetune_steps: int = 0, finetune_seconds: float | None = None, seed: int = 0, progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Compress ``model`` with ``policy`` and measure it: apply (prune, low rank, fake-quantize), re-estimate
+    BatchNorm after pruning, calibrate activation ranges, optionally fine-tune distilled from ``model``,
+    then top-1 on ``test_data``. Returns the compressed model and ``evaluate``'s dict plus the real MACs
+    and parameters and what was applied."""
+    from picojoule.spaces.apply import apply_policy
+    from picojoule.spaces.quantize import calibrate_activations
+
+    start = time.perf_counter()
+    compressed, info = apply_policy(model, example_input, policy, graph=graph)
+    result = evaluate(
+        compressed, test_data, calib_data=calib_data, train_data=train_data, seed=seed, progress=progress,
+        calibrate=calibrate_activations if info.needs_calibration else None, calib_batches=calib_batches,
+        bn_reestimate=bool(info.channels), finetune_steps=finetune_steps, finetune_seconds=finetune_seconds,
+        teacher=model if (finetune_steps or finetune_seconds) else None,
+    )
+    result.update(seconds=time.perf_counter() - start, macs=info.macs, params=info.params,
+                  pruned=info.channels, ranks=info.ranks, retained_energy=info.energy)
+    return compressed, result

@@ -183,3 +183,14 @@ def test_unknown_cost_model(r20):
 
     with pytest.raises(PicojouleError, match="unknown cost model"):
         price(r20, "a100", None, model="timeloop")
+
+
+def test_residual_adds_run_at_their_readers_width(r20):
+    """A W4A4 policy that leaves non-compute layers at the float default still prices the residual
+    adds' traffic at the 4-bit width of the conv that reads them."""
+    compute_only = Policy(layers={c.name: LayerPolicy(4, 4) for c in r20.compute_layers()})
+    everything = Policy.uniform(4, 4)
+    a, b = (price(r20, "eyeriss", p, model="eyeriss") for p in (compute_only, everything))
+    add = next(i for i, layer in enumerate(r20.layers) if layer.op == "add")
+    np.testing.assert_allclose(a.energy_j[0, add], b.energy_j[0, add])
+    assert a.total_energy_j[0] == pytest.approx(b.total_energy_j[0])

@@ -6,7 +6,8 @@ padding to what the target's datapath supports. Everything is vectorised over po
 
 Pruning: a layer's output channels shrink by the keep ratio of its pruning group (the group's
 *anchor* layer carries the knob), its input channels by the group that produces them; counts are
-rounded to whole channels, at least one. A depthwise conv follows its input group.
+rounded to whole channels, at least one. A depthwise conv follows its input group. A layer without MACs (residual add, pooling) runs at the
+activation width of the nearest conv/linear that reads its output.
 Low rank ``r`` (an absolute rank, clipped to the pruned layer's full rank): a k x k conv C->M
 becomes k x k C->r then 1 x 1 r->M, a linear becomes two; the r-channel intermediate is written
 and read once more (``mid_elems``).
@@ -54,6 +55,7 @@ class GraphArrays:
     group_a: np.ndarray
     group_b: np.ndarray
     anchors: np.ndarray  # layer index of each group's anchor, length G
+    bits_from: np.ndarray  # layer whose a_bits this layer runs at (non-MAC layers: the compute layer reading it)
 
     @property
     def n_layers(self) -> int:
@@ -76,6 +78,7 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
     def arr(values, dtype=np.float64) -> np.ndarray:
         return np.asarray(list(values), dtype=dtype)
 
+    bits_from = [_reader(graph, i) for i in range(len(layers))]
     spatial = [layer.out_elems / max(layer.out_channels, 1) for layer in layers]
     rows = [
         layer.out_shape[2] if layer.op == "conv" and len(layer.out_shape) == 4 else s
@@ -112,9 +115,27 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
             np.int64,
         ),
         anchors=arr((index[g.anchor] for g in graph.groups), np.int64),
+        bits_from=arr(bits_from, np.int64),
     )
     graph._arrays = ga
     return ga
+
+
+def _reader(graph: LayerGraph, i: int) -> int:
+    """The nearest conv/linear downstream of non-MAC layer ``i`` (itself for MAC layers or if none):
+    a quantized network stores the tensor between them at that layer's input width."""
+    layer = graph.layers[i]
+    if layer.macs > 0:
+        return i
+    frontier, seen = [layer.name], {layer.name}
+    while frontier:
+        succ = [s for n in frontier for s in graph.dag.successors(n) if s not in seen]
+        hits = [s for s in succ if graph[s].op in ("conv", "linear")]
+        if hits:
+            return graph.index(min(hits, key=graph.index))
+        seen.update(succ)
+        frontier = succ
+    return i
 
 
 @dataclass
@@ -205,7 +226,7 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
     in_elems = (ga.in_a * keep_g[:, ga.group_a] + ga.in_b * keep_g[:, ga.group_b]) * batch
     out_elems = ga.out_elems * k_out * batch
     native = np.asarray(target.compute.native_bits, dtype=np.float64)
-    w_bits, a_bits = _pad(pb.w_bits, native), _pad(pb.a_bits, native)
+    w_bits, a_bits = _pad(pb.w_bits, native), _pad(pb.a_bits[:, ga.bits_from], native)
     modes = target.compute.modes
     mode_widths = np.asarray([m.bits for m in modes], dtype=np.float64)
     mode_idx = np.minimum(np.searchsorted(mode_widths, np.maximum(w_bits, a_bits)), len(modes) - 1)

@@ -2,6 +2,8 @@
 
 A policy document is YAML or JSON::
 
+    version: 1                           # format version; a newer one than this code reads is an error
+    provenance: {tool: picojoule, ...}   # optional: where the policy came from (search, import, hand)
     default: {w_bits: 8, a_bits: 8, keep: 1.0}
     layers:
       conv1: {w_bits: 8, a_bits: 8}      # any subset of the fields; the rest come from default
@@ -25,6 +27,8 @@ import yaml
 from picojoule.errors import PicojouleError
 
 FLOAT_BITS = 32
+#: the policy document format this code writes and the newest it reads
+POLICY_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,14 @@ class LayerPolicy:
 
 
 _FIELDS = {f.name for f in fields(LayerPolicy)}
+
+
+def _check_version(version: Any, source: str) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PicojouleError(f"{source}: field 'version': expected a positive integer, got {version!r}")
+    if version > POLICY_VERSION:
+        raise PicojouleError(f"{source}: field 'version': policy format {version} is newer than this picojoule "
+                             f"reads (up to {POLICY_VERSION}); upgrade picojoule")
 
 
 def _layer_policy(data: Any, base: LayerPolicy, where: str) -> LayerPolicy:
@@ -85,20 +97,28 @@ class Policy:
     def from_dict(cls, data: Any, source: str = "policy") -> Policy:
         if not isinstance(data, dict):
             raise PicojouleError(f"{source}: expected a mapping with 'default' and/or 'layers'")
+        _check_version(data.get("version", POLICY_VERSION), source)
         default = _layer_policy(data.get("default", {}), LayerPolicy(), f"{source}: default")
         layers_data = data.get("layers") or {}
         if not isinstance(layers_data, dict):
             raise PicojouleError(f"{source}: field 'layers': expected a mapping of layer name to fields")
         layers = {str(k): _layer_policy(v, default, f"{source}: layer '{k}'") for k, v in layers_data.items()}
-        meta = {k: v for k, v in data.items() if k not in ("default", "layers")}
+        meta = {k: v for k, v in data.items() if k not in ("version", "default", "layers")}
         return cls(default, layers, meta)
 
+    @property
+    def provenance(self) -> Any:
+        """Where this policy came from (``meta['provenance']``), or None."""
+        return self.meta.get("provenance")
+
     def to_dict(self) -> dict[str, Any]:
+        """The policy document; every listed layer stays listed (as ``{}`` where it equals the default)."""
         default = asdict(self.default)
         layers = {
             name: {k: v for k, v in asdict(lp).items() if v != default[k]} for name, lp in self.layers.items()
         }
-        return {**self.meta, "default": default, "layers": {k: v for k, v in layers.items() if v}}
+        meta = {k: v for k, v in self.meta.items() if k != "version"}
+        return {"version": POLICY_VERSION, **meta, "default": default, "layers": layers}
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

@@ -1,0 +1,370 @@
+"""The search space: the values each compression knob of one model on one target may take.
+
+Knobs, in graph order (a knob with a single choice is a fixed value, not a knob):
+
+* per compute layer (conv, linear): ``w_bits`` and ``a_bits``. Default: the target's native operand
+  widths in 2..8 (8 if it has none there), plus 16 where native. A user may list any width in 1..32;
+  the cost model prices a non-native width padded to the next native one.
+* per pruning group: one ``keep`` knob, carried by the group's anchor; a decoded policy gives the
+  same keep to every compute layer whose output channels lie in the group. Default
+  :data:`DEFAULT_KEEP`.
+* per rankable layer (conv with groups == 1, linear): ``rank``, 0 (no split) plus the ranks
+  ``round(f * max_rank)`` (at least 1) for f in :data:`DEFAULT_RANK_FRACTIONS` that really save MACs:
+  ``r * (cin*k*k + cout) < cout * cin*k*k``.
+
+``pin_first_last`` (default true) fixes the first and last compute layers at 8-bit weights and
+activations and no rank split. Their pruning groups are fixed at keep 1.0 only when no other layer
+shares them: a ResNet stem's group is also the residual stream of the first stage, which stays
+prunable (pin it with ``layers: {conv1: {pin: {keep: 1.0}}}``).
+
+Overrides, a YAML mapping (every key optional)::
+
+    pin_first_last: true
+    defaults: {w_bits: [4, 8], a_bits: [8], keep: [0.5, 1.0], rank_fractions: [0.25]}
+    layers:                                  # fnmatch patterns on layer names, applied in order
+      "layer3.*": {w_bits: [2, 4], rank: [0, 8, 16]}   # or rank_fractions: [...]
+      "layer1.0.conv1": {pin: {keep: 1.0}}   # one fixed value per field
+      "layer2.*.conv2": {exclude: true}      # left uncompressed: 32-bit, keep 1.0, no rank
+
+Rules: a pattern must match some compute layer, and each field it sets must apply to one of them
+(``keep`` to a prunable layer, ``rank`` to a rankable one); ``keep`` set through a layer changes its
+whole group. Wildcard patterns leave the pinned first/last layers alone: name one exactly to change
+it. ``exclude`` wins over everything else, and fixes the layer's whole pruning group at keep 1.0.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from picojoule.errors import PicojouleError
+from picojoule.graph import Layer, LayerGraph
+from picojoule.hwmodels.target import Target
+from picojoule.hwmodels.workload import PolicyBatch
+from picojoule.spaces.policy import FLOAT_BITS, LayerPolicy, Policy
+
+KNOB_KINDS = ("w_bits", "a_bits", "keep", "rank")
+DEFAULT_KEEP = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+DEFAULT_RANK_FRACTIONS = (0.125, 0.25, 0.5)
+PIN_BITS = 8
+_TOP_KEYS = ("pin_first_last", "defaults", "layers")
+_DEFAULT_KEYS = ("w_bits", "a_bits", "keep", "rank_fractions")
+_ENTRY_KEYS = ("w_bits", "a_bits", "keep", "rank", "rank_fractions", "pin", "exclude")
+_PIN_KEYS = ("w_bits", "a_bits", "keep", "rank")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searchable choice. ``layer`` is the layer whose value it is (a keep knob: its group's anchor);
+    ``group`` is the pruning group of a keep knob; ``columns`` the graph layer indices it writes."""
+
+    name: str
+    kind: str  # one of KNOB_KINDS
+    choices: tuple[float, ...]
+    layer: str
+    group: int | None = None
+    columns: tuple[int, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------------
+# choice lists: validation and defaults
+
+_CHECKS = {
+    "bits": ("integers in 1..32", lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 32),
+    "keep": ("numbers in (0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
+    "rank": ("non-negative integers", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+}
+_KEY_CHECK = {"w_bits": "bits", "a_bits": "bits", "keep": "keep", "rank_fractions": "keep", "rank": "rank"}
+
+
+def _choices(value: Any, key: str, where: str) -> tuple:
+    """``value`` as a sorted tuple of distinct valid choices for ``key``; else a one-line error."""
+    what, ok = _CHECKS[_KEY_CHECK[key]]
+    if not isinstance(value, list) or not value or not all(ok(v) for v in value):
+        raise PicojouleError(f"{where}: key '{key}': expected a non-empty list of {what}, got {value!r}")
+    cast = float if _KEY_CHECK[key] == "keep" else int
+    return tuple(sorted({cast(v) for v in value}))
+
+
+def default_bits(target: Target) -> tuple[int, ...]:
+    """The target's native widths in 2..8 (or 8 if none), plus 16 where native."""
+    native = target.compute.native_bits
+    bits = [b for b in native if 2 <= b <= 8] or [PIN_BITS]
+    return tuple(bits + [16] * (16 in native))
+
+
+def rank_choices(layer: Layer, fractions: tuple[float, ...]) -> tuple[int, ...]:
+    """0 (no split) plus the ranks ``round(f * max_rank)`` >= 1 that save MACs on ``layer``."""
+    if not layer.rankable:
+        return (0,)
+    k_in = layer.in_channels * layer.kernel[0] * layer.kernel[1]
+    ranks = {max(1, round(f * layer.max_rank)) for f in fractions}
+    return (0, *sorted(r for r in ranks if r * (k_in + layer.out_channels) < layer.out_channels * k_in))
+
+
+def _mapping(value: Any, keys: tuple[str, ...], where: str) -> dict:
+    if not isinstance(value, dict):
+        raise PicojouleError(f"{where}: expected a mapping with keys {', '.join(keys)}, got {value!r}")
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise PicojouleError(f"{where}: unknown key '{unknown[0]}' (expected {', '.join(keys)})")
+    return value
+
+
+def _flag(value: Any, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PicojouleError(f"{where}: key '{key}': expected true or false, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# the draft: per-layer and per-group choices while overrides apply
+
+
+@dataclass
+class _Draft:
+    graph: LayerGraph
+    layers: dict[str, dict[str, tuple]]  # compute layer -> {w_bits, a_bits, rank: choices}
+    keep: dict[int, tuple]  # group id -> keep choices
+    pinned: set[str] = field(default_factory=set)
+    excluded: set[str] = field(default_factory=set)
+
+    def apply(self, pattern: str, entry: Any, where: str) -> None:
+        """Apply one ``layers`` entry to the compute layers ``pattern`` matches."""
+        entry = _mapping(entry, _ENTRY_KEYS, where)
+        matched = [layer for layer in self.graph.compute_layers() if fnmatch.fnmatchcase(layer.name, pattern)]
+        if not matched:
+            raise PicojouleError(f"{where}: pattern matches no compute layer of model '{self.graph.name}'")
+        if "rank" in entry and "rank_fractions" in entry:
+            raise PicojouleError(f"{where}: give 'rank' or 'rank_fractions', not both")
+        values = {k: _choices(v, k, where) for k, v in entry.items() if k not in ("pin", "exclude")}
+        for k, v in _mapping(entry.get("pin", {}), _PIN_KEYS, f"{where}: key 'pin'").items():
+            if k in values:
+                raise PicojouleError(f"{where}: key '{k}' is given both as choices and in 'pin'")
+            if isinstance(v, list):
+                raise PicojouleError(f"{where}: key 'pin': '{k}' takes a single value, got {v!r}")
+            values[k] = _choices([v], k, f"{where}: key 'pin'")
+        targets = [layer for layer in matched if layer.name not in self.pinned or layer.name == pattern]
+        self._check_applies(values, matched, where)
+        for layer in targets:
+            self._set(layer, values, where)
+        if "exclude" in entry:
+            names = {layer.name for layer in targets}
+            excluded = _flag(entry["exclude"], "exclude", where)
+            self.excluded = self.excluded | names if excluded else self.excluded - names
+
+    @staticmethod
+    def _check_applies(values: dict, matched: list[Layer], where: str) -> None:
+        needs = {"keep": ("prunable output channels", lambda layer: layer.group >= 0),
+                 "rank": ("a rankable weight", lambda layer: layer.rankable),
+                 "rank_fractions": ("a rankable weight", lambda layer: layer.rankable)}
+        for key, (what, ok) in needs.items():
+            if key in values and not any(ok(layer) for layer in matched):
+                raise PicojouleError(f"{where}: key '{key}': no matched layer has {what}")
+
+    def _set(self, layer: Layer, values: dict, where: str) -> None:
+        choices = self.layers[layer.name]
+        for key in ("w_bits", "a_bits"):
+            if key in values:
+                choices[key] = values[key]
+        if "keep" in values and layer.group >= 0:
+            self.keep[layer.group] = values["keep"]
+        if layer.rankable and "rank_fractions" in values:
+            choices["rank"] = rank_choices(layer, values["rank_fractions"])
+        if layer.rankable and "rank" in values:
+            too_big = [r for r in values["rank"] if r > layer.max_rank]
+            if too_big:
+                raise PicojouleError(f"{where}: key 'rank': {too_big[0]} exceeds layer '{layer.name}' full rank "
+                                     f"{layer.max_rank}")
+            choices["rank"] = values["rank"]
+
+    def finish(self) -> None:
+        """Excluded layers: float, no rank, and their whole pruning group unpruned."""
+        for name in self.excluded:
+            self.layers[name] = {"w_bits": (FLOAT_BITS,), "a_bits": (FLOAT_BITS,), "rank": (0,)}
+            group = self.graph[name].group
+            if group >= 0:
+                self.keep[group] = (1.0,)
+
+
+def _draft(graph: LayerGraph, target: Target, overrides: Any, source: str) -> _Draft:
+    data = _mapping({} if overrides is None else overrides, _TOP_KEYS, source)
+    d = _mapping(data.get("defaults") or {}, _DEFAULT_KEYS, f"{source}: defaults")
+    where = f"{source}: defaults"
+    bits = {k: _choices(d[k], k, where) if k in d else default_bits(target) for k in ("w_bits", "a_bits")}
+    keep = _choices(d["keep"], "keep", where) if "keep" in d else DEFAULT_KEEP
+    fractions = _choices(d["rank_fractions"], "rank_fractions", where) if "rank_fractions" in d \
+        else DEFAULT_RANK_FRACTIONS
+    compute = graph.compute_layers()
+    draft = _Draft(graph, {layer.name: {**bits, "rank": rank_choices(layer, fractions)} for layer in compute},
+                   {g.id: keep for g in graph.groups})
+    if compute and _flag(data.get("pin_first_last", True), "pin_first_last", source):
+        draft.pinned = {compute[0].name, compute[-1].name}
+        for name in draft.pinned:
+            draft.layers[name] = {"w_bits": (PIN_BITS,), "a_bits": (PIN_BITS,), "rank": (0,)}
+        for g in graph.groups:
+            if set(g.members) <= draft.pinned:
+                draft.keep[g.id] = (1.0,)
+    layers = data.get("layers") or {}
+    if not isinstance(layers, dict):
+        raise PicojouleError(f"{source}: key 'layers': expected a mapping of layer-name pattern to settings")
+    for pattern, entry in layers.items():
+        draft.apply(str(pattern), entry, f"{source}: layers['{pattern}']")
+    draft.finish()
+    return draft
+
+
+# --------------------------------------------------------------------------------------------------
+# the space
+
+
+class Space:
+    """The knobs of one graph on one target, and the maps between choice-index vectors and policies."""
+
+    def __init__(self, graph: LayerGraph, target: Target, draft: _Draft):
+        self.graph, self.target = graph, target
+        self.pinned, self.excluded = sorted(draft.pinned), sorted(draft.excluded)
+        self.knobs: list[Knob] = []
+        defaults = LayerPolicy()
+        self._fixed = {k: np.full(len(graph), float(getattr(defaults, k))) for k in KNOB_KINDS}
+        members = {g.id: tuple(graph.index(layer.name) for layer in graph.compute_layers() if layer.group == g.id)
+                   for g in graph.groups}
+        anchors = {graph.index(g.anchor): g for g in graph.groups}
+        for layer in graph.compute_layers():
+            j = graph.index(layer.name)
+            for kind in KNOB_KINDS:
+                if kind != "keep":
+                    self._slot(kind, draft.layers[layer.name][kind], layer.name, (j,))
+                elif j in anchors:
+                    g = anchors[j]
+                    self._slot(kind, draft.keep[g.id], layer.name, members[g.id], g.id)
+        self._n_choices = np.asarray([len(k.choices) for k in self.knobs], dtype=np.int64)
+        self._tables = {kind: self._table(kind) for kind in KNOB_KINDS}
+        self._rows = {kind: np.arange(len(table[0])) for kind, table in self._tables.items()}
+
+    def _slot(self, kind: str, choices: tuple, layer: str, columns: tuple[int, ...], group: int | None = None):
+        if len(choices) == 1:
+            self._fixed[kind][list(columns)] = choices[0]
+        else:
+            self.knobs.append(Knob(f"{layer}.{kind}", kind, choices, layer, group, columns))
+
+    def _table(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(knob dims, padded choice table, target columns, source knob per column) of one kind."""
+        dims = [d for d, k in enumerate(self.knobs) if k.kind == kind]
+        width = max((len(self.knobs[d].choices) for d in dims), default=1)
+        table = np.asarray([list(self.knobs[d].choices) + [self.knobs[d].choices[-1]] *
+                            (width - len(self.knobs[d].choices)) for d in dims], dtype=np.float64)
+        cols = [(c, i) for i, d in enumerate(dims) for c in self.knobs[d].columns]
+        return (np.asarray(dims, dtype=np.int64), table.reshape(len(dims), width),
+                np.asarray([c for c, _ in cols], dtype=np.int64), np.asarray([i for _, i in cols], dtype=np.int64))
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, graph: LayerGraph, target: Target, overrides: dict | None = None, source: str = "space") -> Space:
+        """The space of ``graph`` on ``target``, narrowed or widened by ``overrides`` (see the module doc)."""
+        return cls(graph, target, _draft(graph, target, overrides, source))
+
+    @classmethod
+    def load(cls, graph: LayerGraph, target: Target, path: str | Path) -> Space:
+        """The space with the overrides of a YAML file."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise PicojouleError(f"{path}: cannot read space overrides: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise PicojouleError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        return cls.build(graph, target, data, str(path))
+
+    # -- size --------------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """Number of knobs (length of a choice-index vector)."""
+        return len(self.knobs)
+
+    @property
+    def n_choices(self) -> np.ndarray:
+        """Choices per knob, shape (D,)."""
+        return self._n_choices.copy()
+
+    @property
+    def size(self) -> int:
+        """Number of distinct policies."""
+        return math.prod(len(k.choices) for k in self.knobs)
+
+    @property
+    def log10_size(self) -> float:
+        return float(sum(math.log10(len(k.choices)) for k in self.knobs))
+
+    # -- vectors <-> policies ----------------------------------------------------------------------
+
+    def _check(self, idx: np.ndarray, ndim: int) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.ndim != ndim or idx.shape[-1] != self.dim or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"expected {ndim}-d integer choice indices with {self.dim} columns, got shape {idx.shape}")
+        if ((idx < 0) | (idx >= self._n_choices)).any():
+            raise ValueError("choice index out of range")
+        return idx
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` choice-index vectors, each knob uniform over its choices: shape (n, D)."""
+        return rng.integers(0, self._n_choices, size=(n, self.dim), dtype=np.int64)
+
+    def encode(self, policy: Policy) -> np.ndarray:
+        """The choice-index vector nearest to ``policy`` (per knob, the nearest choice; ties: the smaller)."""
+        vec = np.empty(self.dim, dtype=np.int64)
+        for d, knob in enumerate(self.knobs):
+            value = getattr(policy.for_layer(knob.layer), knob.kind)
+            vec[d] = np.argmin(np.abs(np.asarray(knob.choices) - value))
+        return vec
+
+    def decode(self, vec: np.ndarray) -> Policy:
+        """The policy of one choice-index vector: every compute layer listed, the rest float."""
+        vec = self._check(vec, 1)
+        values = {kind: self._fixed[kind].copy() for kind in KNOB_KINDS}
+        for knob, i in zip(self.knobs, vec):
+            values[knob.kind][list(knob.columns)] = knob.choices[i]
+        layers = {}
+        for layer in self.graph.compute_layers():
+            j = self.graph.index(layer.name)
+            layers[layer.name] = LayerPolicy(w_bits=int(values["w_bits"][j]), a_bits=int(values["a_bits"][j]),
+                                             keep=float(values["keep"][j]), rank=int(values["rank"][j]))
+        return Policy(LayerPolicy(), layers, {"model": self.graph.name, "target": self.target.name})
+
+    def decode_batch(self, idx: np.ndarray) -> PolicyBatch:
+        """The (N, L) arrays of N choice-index vectors (N, D), vectorised; equal to stacking :meth:`decode`."""
+        idx = self._check(idx, 2)
+        n = idx.shape[0]
+        out = {kind: np.repeat(self._fixed[kind][None], n, axis=0) for kind in KNOB_KINDS}
+        for kind, (dims, table, cols, src) in self._tables.items():
+            if len(dims):
+                values = table[self._rows[kind], idx[:, dims]]  # (N, D_kind)
+                out[kind][:, cols] = values[:, src]
+        return PolicyBatch(**out, sparsity=np.zeros((n, len(self.graph))))
+
+    def uniform_policy(self, w_bits: int, a_bits: int, keep: float = 1.0) -> Policy:
+        """The policy nearest to uniform ``w_bits``/``a_bits``/``keep`` with no rank split; pinned and
+        excluded layers keep their fixed values, and each knob snaps to its nearest choice."""
+        return self.decode(self.encode(Policy.uniform(w_bits, a_bits, keep)))
+
+    def describe(self) -> str:
+        """A short human summary: knob counts by kind, size, pinned and excluded layers."""
+        counts = ", ".join(f"{sum(k.kind == kind for k in self.knobs)} {kind}" for kind in KNOB_KINDS)
+        lines = [f"{self.graph.name} on {self.target.name}: {self.dim} knobs ({counts}), "
+                 f"10^{self.log10_size:.1f} policies"]
+        if self.pinned:
+            lines.append(f"pinned at {PIN_BITS}-bit, no rank: {', '.join(self.pinned)}")
+        if self.excluded:
+            lines.append(f"excluded (float, unpruned): {', '.join(self.excluded)}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Space({self.graph.name!r}, {self.target.name!r}, knobs={self.dim}, log10_size={self.log10_size:.1f})"

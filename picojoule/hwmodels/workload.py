@@ -7,7 +7,8 @@ padding to what the target's datapath supports. Everything is vectorised over po
 Pruning: a layer's output channels shrink by the keep ratio of its pruning group (the group's
 *anchor* layer carries the knob), its input channels by the group that produces them; counts are
 rounded to whole channels, at least one. A depthwise conv follows its input group. A layer without MACs (residual add, pooling) runs at the
-activation width of the nearest conv/linear that reads its output.
+activation width of the nearest conv/linear that reads its output; a layer without weights (those,
+and activation x activation matmuls) computes at its activation width.
 Low rank ``r`` (an absolute rank, clipped to the pruned layer's full rank): a k x k conv C->M
 becomes k x k C->r then 1 x 1 r->M, a linear becomes two; the r-channel intermediate is written
 and read once more (``mid_elems``).
@@ -35,6 +36,7 @@ class GraphArrays:
     names: list[str]
     kind: np.ndarray  # index into OP_KINDS
     has_macs: np.ndarray  # conv/linear/matmul
+    has_weights: np.ndarray  # conv/linear
     depthwise: np.ndarray
     rankable: np.ndarray
     cout: np.ndarray
@@ -89,6 +91,7 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
         names=[layer.name for layer in layers],
         kind=arr((OP_KINDS.index(layer.kind) for layer in layers), np.int64),
         has_macs=arr((layer.macs > 0 for layer in layers), bool),
+        has_weights=arr((layer.op in ("conv", "linear") for layer in layers), bool),
         depthwise=arr((layer.kind == "depthwise" for layer in layers), bool),
         rankable=arr((layer.rankable for layer in layers), bool),
         cout=arr(layer.out_channels for layer in layers),
@@ -226,7 +229,8 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
     in_elems = (ga.in_a * keep_g[:, ga.group_a] + ga.in_b * keep_g[:, ga.group_b]) * batch
     out_elems = ga.out_elems * k_out * batch
     native = np.asarray(target.compute.native_bits, dtype=np.float64)
-    w_bits, a_bits = _pad(pb.w_bits, native), _pad(pb.a_bits[:, ga.bits_from], native)
+    a_bits = _pad(pb.a_bits[:, ga.bits_from], native)
+    w_bits = np.where(ga.has_weights, _pad(pb.w_bits, native), a_bits)  # no weights: all at activation width
     modes = target.compute.modes
     mode_widths = np.asarray([m.bits for m in modes], dtype=np.float64)
     mode_idx = np.minimum(np.searchsorted(mode_widths, np.maximum(w_bits, a_bits)), len(modes) - 1)

@@ -70,6 +70,63 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(args: argparse.Namespace):
+    """(test, calibration/fine-tune) datasets: --data's test split and --calib-data (default: its train split)."""
+    from picojoule.data import load_dataset
+
+    source = args.data or ("digits" if args.model == "digits" else None)
+    if source is None:
+        raise PicojouleError("apply: --data is required (a .npz file, an ImageFolder directory or a dataset hook)")
+    test = load_dataset({"source": source, "split": "test"})
+    try:
+        calib = load_dataset(args.calib_data or {"source": source, "split": "train"})
+    except PicojouleError as e:
+        raise PicojouleError(f"{e} (calibration needs training data: give --calib-data)") from None
+    return test, calib
+
+
+def _apply(args: argparse.Namespace) -> int:
+    import math
+
+    from picojoule.graph import build_graph
+    from picojoule.hwmodels.costs import price
+    from picojoule.models import load_torch_model, save_compressed
+    from picojoule.search.evaluate import accuracy, evaluate_policy
+    from picojoule.spaces.formats import validate_policy
+    from picojoule.spaces.policy import Policy
+
+    model, example = load_torch_model(args.model, args.weights)
+    graph = build_graph(model, example, name=args.model)
+    policy = Policy.load(args.policy)
+    validate_policy(policy, graph, args.policy)
+    test, calib = _datasets(args)
+    baseline = accuracy(model, test)
+    compressed, res = evaluate_policy(
+        model, example, policy, test, graph=graph, calib_data=calib, train_data=calib,
+        calib_batches=max(1, math.ceil(args.calib_images / 128)), finetune_steps=args.finetune_steps,
+        finetune_seconds=args.finetune_seconds, seed=args.seed, progress=not args.json,
+    )
+    cost = price(graph, args.target, policy, model=args.cost_model)
+    out = {
+        "model": args.model, "policy": str(args.policy), "data": test.name, "n_test": len(test),
+        "accuracy": res["accuracy"], "baseline_accuracy": baseline, "accuracy_drop_pt": 100 * (baseline - res["accuracy"]),
+        "macs": res["macs"], "params": res["params"], "size_bytes": float(cost.size_bytes[0]),
+        "target": cost.target, "cost_model": cost.model, "latency_s": float(cost.total_latency_s[0]),
+        "energy_j": float(cost.total_energy_j[0]), "seconds": res["seconds"], "finetune": res["finetune"],
+    }
+    if args.out:
+        out["out"] = str(save_compressed(args.out, args.model, policy, compressed))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{args.model} with {args.policy} on {out['data']} ({out['n_test']} images)\n"
+              f"  top-1 {100 * out['accuracy']:.2f}% (uncompressed {100 * baseline:.2f}%, drop {out['accuracy_drop_pt']:+.2f} pt)\n"
+              f"  {out['macs'] / 1e6:.2f} M MACs, {out['params']:,} params, {out['size_bytes'] / 1024:.1f} KiB of weights\n"
+              f"  on {out['target']} ({out['cost_model']}): {out['latency_s'] * 1e3:.4f} ms, {out['energy_j'] * 1e6:.2f} µJ"
+              + (f"\n  saved to {out['out']}" if args.out else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
 
@@ -89,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="draw the roofline and the per-layer energy breakdown")
     p.set_defaults(func=_cost)
+    p = sub.add_parser("apply", help="compress a model with a policy and measure its accuracy on real data")
+    p.add_argument("model", help="zoo name, 'digits' (offline default) or 'package.module:function'")
+    p.add_argument("--weights", help="pretrained weights (state_dict file) for the model")
+    p.add_argument("--policy", required=True, help="policy YAML/JSON")
+    p.add_argument("--data", help="test data: .npz (x_test/y_test), ImageFolder dir with test/, or a hook")
+    p.add_argument("--calib-data", help="calibration/fine-tune data (default: the train split of --data)")
+    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--finetune-steps", type=int, default=0, help="KD fine-tune steps (0: post-training only)")
+    p.add_argument("--finetune-seconds", type=float, default=None, help="KD fine-tune time budget")
+    p.add_argument("--target", default="eyeriss", help="target to cost the compressed model on")
+    p.add_argument("--cost-model", choices=["roofline", "eyeriss"], default="eyeriss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="save the compressed model (policy + weights) to this .pt file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_apply)
     return parser
 
 

@@ -347,16 +347,17 @@ def _make_layer(op: RawOp) -> Layer:
 
 
 def build_graph(model: Any, example_input: Any = None, name: str | None = None) -> LayerGraph:
-    """LayerGraph of a torch.nn.Module (with an example input), an .onnx path, or a zoo model name."""
+    """LayerGraph of a torch.nn.Module (with an example input), an .onnx path, or a model spec
+    (zoo name, ``digits``, ``package.module:function``: see picojoule.models)."""
     if isinstance(model, (str, Path)):
         text = str(model)
         if text.endswith(".onnx"):
             from picojoule.frontends.onnx_frontend import onnx_ops
 
             return assemble(name or Path(text).stem, *onnx_ops(Path(text)))
-        from picojoule.zoo import build_model
+        from picojoule.models import load_torch_model
 
-        module, example = build_model(text)
+        module, example = load_torch_model(text)
         return build_graph(module, example, name=name or text)
     if example_input is None:
         raise PicojouleError("build_graph: a torch module needs an example input")

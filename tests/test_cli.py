@@ -79,3 +79,33 @@ def test_bad_policy_and_target_files(tmp_path):
     out = run("cost", "resnet20", "--target", str(bad_target))
     assert out.returncode == 2 and "clock_hz" in out.stderr and str(bad_target) in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_apply_digits_saves_a_model_that_reloads(tmp_path):
+    """The offline default end to end: compress the digits CNN, save it, reload it safely, same accuracy."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("default: {w_bits: 4, a_bits: 8}\nlayers:\n  conv2: {keep: 0.5}\n")
+    out = run("apply", "digits", "--policy", str(policy), "--out", str(tmp_path / "m.pt"), "--json",
+              "--target", "eyeriss")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["accuracy"] > 0.85 and rep["n_test"] == 400
+    full = json.loads(run("cost", "digits", "--target", "eyeriss", "--json").stdout)["total"]["macs"]
+    assert rep["macs"] < full  # conv2's group kept half its channels
+    from picojoule.data import load_dataset
+    from picojoule.models import load_compressed
+    from picojoule.search.evaluate import accuracy
+
+    model, loaded_policy = load_compressed(tmp_path / "m.pt")
+    assert loaded_policy.for_layer("conv2").keep == 0.5
+    assert accuracy(model, load_dataset("digits")) == pytest.approx(rep["accuracy"])
+
+
+def test_apply_errors(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("layers: {layer9.conv: {keep: 0.5}}\n")
+    out = run("apply", "digits", "--policy", str(policy))
+    assert out.returncode == 2 and "layer9.conv" in out.stderr and out.stderr.count("\n") == 1
+    policy.write_text("default: {w_bits: 8}\n")
+    out = run("apply", "resnet20", "--policy", str(policy), "--data", str(tmp_path / "none.npz"))
+    assert out.returncode == 2 and "none.npz" in out.stderr and "Traceback" not in out.stderr

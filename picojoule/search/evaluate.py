@@ -187,6 +187,10 @@ def evaluate(
     calib_source = calib_data if calib_data is not None else train_data
     bn_images = 0
     if bn_reestimate:
+        if calibrate is not None:  # quantizers calibrated next: let activations through unquantized meanwhile
+            for m in model.modules():
+                if hasattr(m, "start_observing"):
+                    m.start_observing()
         bn_images = reestimate_batchnorm(model, _require_data(calib_source, "bn_reestimate: calib_data or "
                                          "train_data"), seed=seed, progress=progress)
     if calibrate is not None:

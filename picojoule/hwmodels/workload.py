@@ -57,6 +57,7 @@ class GraphArrays:
     group_a: np.ndarray
     group_b: np.ndarray
     anchors: np.ndarray  # layer index of each group's anchor, length G
+    group_channels: np.ndarray  # channels of each group, length G
     bits_from: np.ndarray  # layer whose a_bits this layer runs at (non-MAC layers: the compute layer reading it)
 
     @property
@@ -118,6 +119,7 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
             np.int64,
         ),
         anchors=arr((index[g.anchor] for g in graph.groups), np.int64),
+        group_channels=arr(g.channels for g in graph.groups),
         bits_from=arr(bits_from, np.int64),
     )
     graph._arrays = ga
@@ -212,8 +214,8 @@ def _pad(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
 def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -> Workload:
     """Apply the policies in ``pb`` to the graph and the target's datapath widths."""
     n = len(pb)
-    keep_g = np.ones((n, len(ga.anchors) + 1))
-    keep_g[:, :-1] = pb.keep[:, ga.anchors]
+    keep_g = np.ones((n, len(ga.anchors) + 1))  # the kept fraction of each group's channels (whole channels)
+    keep_g[:, :-1] = kept_channels(ga.group_channels, pb.keep[:, ga.anchors]) / ga.group_channels
     k_out, k_in = keep_g[:, ga.group_out], keep_g[:, ga.group_in]
     cout = kept_channels(ga.cout, k_out)
     cin = np.where(ga.depthwise, 1.0, kept_channels(ga.cin, k_in))

@@ -22,7 +22,7 @@ Layers whose input activations are quantized must be calibrated before use:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -110,8 +110,9 @@ class ApplyInfo:
     """What :func:`apply_policy` did, and the compressed model's real size (per sample).
 
     ``channels``: anchor of each pruned group -> (kept, original) channels; ``removed``: the indices of the
-    original output channels it lost (ascending). ``ranks``/``energy``: effective
-    rank and retained spectral energy of each split layer. ``quantized``: fake-quantized module names.
+    original output channels it lost (ascending). ``ranks``/``energy``: effective rank and retained spectral
+    energy of each split layer. ``quantized``: fake-quantized module names. ``macs``/``params``: counted on
+    the compressed model (forward hooks on Conv2d/Linear; every parameter, BN included).
     If ``needs_calibration``, run ``calibrate_activations(model, batches)`` before using the model.
     """
 
@@ -158,6 +159,8 @@ def apply_policy(model: nn.Module, example_input: Tensor, policy: Policy, graph:
     ``graph`` is ``model``'s LayerGraph (built from ``example_input`` when None); ``importance`` ranks the
     channels to prune ("l1" magnitude, or "random" under ``seed``).
     """
+    if importance not in ("l1", "random"):
+        raise PicojouleError(f"apply_policy: importance must be 'l1' or 'random', got {importance!r}")
     graph = graph if graph is not None else build_graph(model, example_input)
     unknown = sorted(set(policy.layers) - set(graph._index))
     if unknown:
@@ -170,7 +173,7 @@ def apply_policy(model: nn.Module, example_input: Tensor, policy: Policy, graph:
     info.ranks = _ranks(model, policy, graph)
     info.energy = apply_lowrank(model, info.ranks)
     info.macs, info.params = count_macs_params(model, example_input)  # fake quantization changes neither
-    bits = _bits(model, policy, graph)
+    bits = _bits(policy, graph, split=info.ranks.keys())
     if bits:
         model = quantize_model(model, bits)
     info.quantized = list(bits)
@@ -201,8 +204,6 @@ def _channel_scores(members: list[nn.Module], importance: Importance, gen: torch
     channels = members[0].weight.shape[0]
     if importance == "random":
         return torch.rand(channels, generator=gen)
-    if importance != "l1":
-        raise PicojouleError(f"apply_policy: importance must be 'l1' or 'random', got {importance!r}")
     return sum(m.weight.detach().abs().flatten(1).sum(1).double() for m in members)
 
 
@@ -262,14 +263,13 @@ def _ranks(model: nn.Module, policy: Policy, graph: LayerGraph) -> dict[str, int
     return ranks
 
 
-def _bits(model: nn.Module, policy: Policy, graph: LayerGraph) -> dict[str, tuple[int, int]]:
-    """(w_bits, a_bits) of each module to fake-quantize; the halves of a split layer share its bits."""
+def _bits(policy: Policy, graph: LayerGraph, split: Collection[str]) -> dict[str, tuple[int, int]]:
+    """(w_bits, a_bits) of each module to fake-quantize; both halves of a ``split`` layer take its bits."""
     bits = {}
     for layer in graph.compute_layers():
         lp = policy.for_layer(layer.name)
         if min(lp.w_bits, lp.a_bits) >= FLOAT_BITS:
             continue
-        module = model.get_submodule(layer.name)
-        names = [f"{layer.name}.0", f"{layer.name}.1"] if isinstance(module, nn.Sequential) else [layer.name]
+        names = [f"{layer.name}.0", f"{layer.name}.1"] if layer.name in split else [layer.name]
         bits.update({name: (lp.w_bits, lp.a_bits) for name in names})
     return bits

@@ -127,6 +127,57 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _space(args: argparse.Namespace) -> int:
+    from picojoule.graph import build_graph
+    from picojoule.hwmodels.target import load_target
+    from picojoule.spaces.space import Space
+
+    graph, target = build_graph(args.model), load_target(args.target)
+    space = Space.load(graph, target, args.overrides) if args.overrides else Space.build(graph, target)
+    if args.json:
+        print(json.dumps({"model": graph.name, "target": target.name, "size": str(space.size),
+                          "log10_size": space.log10_size,
+                          "knobs": [{"name": k.name, "kind": k.kind, "choices": list(k.choices)} for k in space.knobs]},
+                         indent=2))
+    else:
+        print(space.describe())
+        for k in space.knobs:
+            print(f"  {k.name:40s} {k.kind:7s} {list(k.choices)}")
+    return 0
+
+
+_FORMATS = ("haq", "amc", "torch-pruning")
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from picojoule.graph import build_graph
+    from picojoule.spaces import formats
+    from picojoule.spaces.policy import Policy
+
+    graph = build_graph(args.model)
+    if args.from_format:
+        path = Path(args.file)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise PicojouleError(f"{path}: expected a JSON {args.from_format} export ({e})") from None
+        read = {"haq": formats.from_haq, "amc": formats.from_amc, "torch-pruning": formats.from_torch_pruning}
+        policy = read[args.from_format](data, graph, str(path))
+        print(yaml_dump(policy.to_dict()))
+        return 0
+    policy = Policy.load(args.file)
+    formats.validate_policy(policy, graph, args.file)
+    write = {"haq": formats.to_haq, "amc": formats.to_amc, "torch-pruning": formats.to_torch_pruning}
+    print(json.dumps(write[args.to](policy, graph)) if args.to else yaml_dump(policy.to_dict()))
+    return 0
+
+
+def yaml_dump(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False).rstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
 
@@ -161,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the compressed model (policy + weights) to this .pt file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_apply)
+    p = sub.add_parser("space", help="the search space of a model on a target: knobs, choices and size")
+    p.add_argument("model")
+    p.add_argument("--target", required=True)
+    p.add_argument("--overrides", help="YAML that narrows or widens the space (see picojoule/spaces/space.py)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_space)
+    p = sub.add_parser("policy", help="validate a policy, or convert it to/from HAQ, AMC or Torch-Pruning form")
+    p.add_argument("file", help="policy YAML/JSON (or, with --from, a JSON export)")
+    p.add_argument("--model", required=True, help="the model the policy is for (layer order and groups)")
+    way = p.add_mutually_exclusive_group()
+    way.add_argument("--to", choices=_FORMATS, help="print the policy in this format (JSON)")
+    way.add_argument("--from", dest="from_format", choices=_FORMATS, help="read FILE in this format; print YAML")
+    p.set_defaults(func=_policy)
     return parser
 
 
@@ -174,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("picojoule: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ BAD_POLICIES = [
     ({"adaptive_avg_pool2d": LayerPolicy(rank=2)}, "layer 'adaptive_avg_pool2d': field 'rank': a pool layer cannot"),
     ({"conv1": LayerPolicy(keep=0.5), "layer1.0.conv2": LayerPolicy(keep=0.5), "layer1.1.conv2": LayerPolicy(keep=0.75),
       "layer1.2.conv2": LayerPolicy(keep=0.5)},
-     "layer 'layer1.1.conv2': field 'keep': expected 0.5 like 'conv1' (same pruning group 0), got 0.75"),
+     "layer 'layer1.1.conv2': field 'keep': expected 0.5 like 'conv1' (same pruning group), got 0.75"),
 ]
 
 
@@ -175,3 +175,19 @@ def test_format_import_errors(graph):
     _one_line_error(from_torch_pruning, {"conv1": 0.5, "layer1.2.conv2": 0.25}, graph,
                     match="layer 'layer1.2.conv2': expected keep 0.5 like the other layers")
     _one_line_error(from_torch_pruning, [0.5], graph, match="expected a mapping of module name to pruning ratio")
+
+
+def test_keep_on_any_one_member_sets_the_group():
+    """keep given on a non-anchor member (others at the default) prices and validates as the group's."""
+    from picojoule.graph import build_graph
+    from picojoule.hwmodels.costs import price
+    from picojoule.spaces.formats import validate_policy
+    from picojoule.spaces.policy import LayerPolicy, Policy, group_keeps
+
+    graph = build_graph("resnet20")
+    member = Policy(layers={"layer2.1.conv2": LayerPolicy(keep=0.5)})
+    anchor = Policy(layers={"layer2.0.conv2": LayerPolicy(keep=0.5)})
+    validate_policy(member, graph)
+    group = graph["layer2.0.conv2"].group
+    assert group_keeps(member, graph)[group] == 0.5
+    assert price(graph, "a100", member).total_macs[0] == price(graph, "a100", anchor).total_macs[0] < graph.macs

@@ -24,7 +24,7 @@ import numpy as np
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
 from picojoule.hwmodels.target import OP_KINDS, Target
-from picojoule.spaces.policy import Policy
+from picojoule.spaces.policy import Policy, group_keeps
 
 KNOBS = ("w_bits", "a_bits", "keep", "rank", "sparsity")
 
@@ -173,6 +173,7 @@ def policy_batch(graph: LayerGraph, policies: Sequence[Policy]) -> PolicyBatch:
             lp = policy.for_layer(layer.name)
             for k in KNOBS:
                 rows[k][i, j] = getattr(lp, k)
+        rows["keep"][i, graph_arrays(graph).anchors] = group_keeps(policy, graph)
     return PolicyBatch(**rows)
 
 

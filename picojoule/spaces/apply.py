@@ -34,7 +34,7 @@ from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph, PruningGroup, build_graph
 from picojoule.hwmodels.workload import kept_channels
 from picojoule.spaces.lowrank import apply_lowrank
-from picojoule.spaces.policy import FLOAT_BITS, Policy
+from picojoule.spaces.policy import FLOAT_BITS, Policy, group_keeps
 from picojoule.spaces.quantize import get_layer, quantize_model
 from picojoule.zoo import PadShortcut
 
@@ -194,8 +194,8 @@ def replace_pad_shortcuts(model: nn.Module) -> int:
 
 
 def _pruned_groups(policy: Policy, graph: LayerGraph) -> list[tuple[PruningGroup, int]]:
-    """(group, channels to keep) for each group whose anchor's keep is below 1."""
-    kept = [(g, kept_channels(g.channels, policy.for_layer(g.anchor).keep)) for g in graph.groups]
+    """(group, channels to keep) for each group whose keep is below 1."""
+    kept = [(g, kept_channels(g.channels, k)) for g, k in zip(graph.groups, group_keeps(policy, graph))]
     return [(g, k) for g, k in kept if k < g.channels]
 
 

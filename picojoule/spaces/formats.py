@@ -20,7 +20,7 @@ from typing import Any
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import Layer, LayerGraph
-from picojoule.spaces.policy import LayerPolicy, Policy
+from picojoule.spaces.policy import LayerPolicy, Policy, group_keeps
 
 #: decimal places kept when converting keep <-> pruning ratio (1 - (1 - k) is not always k in floats)
 _RATIO_DIGITS = 12
@@ -44,13 +44,7 @@ def validate_policy(policy: Policy, graph: LayerGraph, source: str = "policy") -
             if rank > layer.max_rank:
                 raise PicojouleError(f"{where}: field 'rank': expected at most the full rank {layer.max_rank}, "
                                      f"got {rank}")
-    for group in graph.groups:
-        anchor_keep = policy.for_layer(group.anchor).keep
-        for layer in _group_layers(graph, group.id):
-            keep = policy.for_layer(layer.name).keep
-            if keep != anchor_keep:
-                raise PicojouleError(f"{source}: layer '{layer.name}': field 'keep': expected {anchor_keep} like "
-                                     f"'{group.anchor}' (same pruning group {group.id}), got {keep}")
+    group_keeps(policy, graph, source)
 
 
 def _group_layers(graph: LayerGraph, group: int) -> list[Layer]:
@@ -59,7 +53,7 @@ def _group_layers(graph: LayerGraph, group: int) -> list[Layer]:
 
 
 def _group_keep(policy: Policy, graph: LayerGraph, layer: Layer) -> float:
-    return policy.for_layer(graph.groups[layer.group].anchor).keep if layer.group >= 0 else 1.0
+    return group_keeps(policy, graph)[layer.group] if layer.group >= 0 else 1.0
 
 
 def _per_layer(values: Any, graph: LayerGraph, source: str, what: str) -> list[tuple[Layer, Any]]:

@@ -138,3 +138,24 @@ class Policy:
         path = Path(path)
         data = self.to_dict()
         path.write_text(json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False))
+
+
+def group_keeps(policy: Policy, graph: Any, source: str = "policy") -> list[float]:
+    """The keep ratio of each pruning group of ``graph`` (a LayerGraph), in group order.
+
+    A group takes the keep that its compute layers set away from the policy's default (all such
+    values must agree: a one-line error names the layer otherwise), else the default keep. So a
+    policy may set ``keep`` on any one member of a group, or on all of them alike."""
+    keeps = []
+    for group in graph.groups:
+        chosen: tuple[str, float] | None = None
+        for layer in graph.compute_layers():
+            keep = policy.for_layer(layer.name).keep
+            if layer.group != group.id or keep == policy.default.keep:
+                continue
+            if chosen is not None and keep != chosen[1]:
+                raise PicojouleError(f"{source}: layer '{layer.name}': field 'keep': expected {chosen[1]} like "
+                                     f"'{chosen[0]}' (same pruning group), got {keep}")
+            chosen = chosen or (layer.name, keep)
+        keeps.append(chosen[1] if chosen else policy.default.keep)
+    return keeps

@@ -215,3 +215,19 @@ def test_bad_names_and_bits_raise(bits: dict, match: str) -> None:
 def test_quantize_weight_mse_rejects_float_bits() -> None:
     with pytest.raises(PicojouleError, match="bits"):
         quantize_weight_mse(torch.randn(4, 4), 32)
+
+
+def test_inference_fast_path_equals_fake_quantize_op():
+    """Under no_grad the activation quantizer skips torch's fake-quant op; the values must be identical."""
+    from picojoule.spaces.quantize import ActivationQuantizer
+
+    for bits, signed_input in ((4, True), (8, False), (3, True)):
+        q = ActivationQuantizer(bits, "t")
+        q.start_observing()
+        x = torch.randn(32, 8, 8, 8) * 3
+        q(x if signed_input else x.relu())
+        q.freeze()
+        probe = torch.linspace(-12, 12, 200_001)
+        with torch.no_grad():
+            fast = q(probe)
+        assert torch.equal(fast, q(probe.clone().requires_grad_()).detach())

@@ -178,6 +178,41 @@ def yaml_dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False).rstrip()
 
 
+#: `picojoule search` with no config: the digits CNN on Eyeriss, offline, in a couple of minutes
+DEFAULT_SEARCH = {
+    "model": "digits", "target": "eyeriss", "cost_model": "eyeriss",
+    "objectives": ["maximise accuracy", "minimise energy"],
+    "constraints": ["energy <= 0.5 * uniform_int8", "accuracy_drop <= 2"],
+    "space": {"defaults": {"w_bits": [2, 3, 4, 5, 6, 8], "a_bits": [4, 6, 8], "keep": [0.5, 0.75, 1.0]}},
+    "strategy": "nsga2", "strategy_options": {"population_size": 12}, "trials": 60,
+    "warm_start": ["uniform_int8"], "seed": 0,
+}
+
+
+def _search(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from picojoule.search import run_search
+
+    if args.resume:
+        config, out, resume = None, Path(args.resume), True
+    else:
+        config = args.config or DEFAULT_SEARCH
+        out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("search-%Y%m%d-%H%M%S")
+        resume = False
+    overrides = {k: v for k, v in {"trials": args.trials, "seed": args.seed, "strategy": args.strategy,
+                                   "workers": args.workers, "ray_address": args.ray_address}.items() if v is not None}
+    try:
+        result = run_search(config, out, resume=resume, progress=not args.quiet, **overrides)
+    except KeyboardInterrupt:
+        print(f"picojoule: interrupted; finished trials are in {out}/journal.log: "
+              f"continue with 'picojoule search --resume {out}'", file=sys.stderr)
+        return 130
+    print(f"{len(result.records)} trials, {len(result.front)} on the feasible Pareto front; "
+          f"report: {result.outputs.get('report', out / 'report.md')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
 
@@ -225,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     way.add_argument("--to", choices=_FORMATS, help="print the policy in this format (JSON)")
     way.add_argument("--from", dest="from_format", choices=_FORMATS, help="read FILE in this format; print YAML")
     p.set_defaults(func=_policy)
+    p = sub.add_parser("search", help="search per-layer bits/pruning/rank for the feasible Pareto front")
+    p.add_argument("config", nargs="?", help="search config YAML (default: the offline digits example)")
+    p.add_argument("--out", help="run directory (default: runs/search-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--trials", type=int)
+    p.add_argument("--strategy", choices=["nsga2", "tpe", "gp", "random"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="Ray actors evaluating accuracy (0: in this process)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_search)
     return parser
 
 

@@ -46,7 +46,7 @@ def _dram_bytes(row: dict[str, Any], target: Target) -> float:
     return e / (target.dram.read_energy_pj_per_bit * 1e-12) / 8
 
 
-def _breakdown_axes(ax, report: dict[str, Any]) -> None:
+def breakdown_axes(ax, report: dict[str, Any]) -> None:
     rows = report["layers"]
     components = list(rows[0]["energy_breakdown_j"])
     x = np.arange(len(rows))
@@ -66,7 +66,7 @@ def plot_cost(report: dict[str, Any], target: Target, out: str | Path) -> Path:
     """Roofline with the layers on it, above the per-layer energy breakdown; written to ``out`` (PNG)."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 10), gridspec_kw={"height_ratios": [1, 1]})
     _roofline_axes(top, target, report)
-    _breakdown_axes(bottom, report)
+    breakdown_axes(bottom, report)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=130)

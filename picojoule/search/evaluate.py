@@ -189,8 +189,8 @@ def evaluate(
     if bn_reestimate:
         if calibrate is not None:  # quantizers calibrated next: let activations through unquantized meanwhile
             for m in model.modules():
-                if hasattr(m, "start_observing"):
-                    m.start_observing()
+                if hasattr(m, "passthrough"):
+                    m.passthrough = True
         bn_images = reestimate_batchnorm(model, _require_data(calib_source, "bn_reestimate: calib_data or "
                                          "train_data"), seed=seed, progress=progress)
     if calibrate is not None:
@@ -199,6 +199,9 @@ def evaluate(
         inputs = [xb.to(device) for _, (xb, _) in zip(range(calib_batches), stream)]
         with torch.no_grad():
             calibrate(model, inputs)
+        for m in model.modules():  # a callback that left a quantizer uncalibrated gets a clear error on use
+            if getattr(m, "passthrough", False):
+                m.passthrough = False
     finetune = None
     if finetune_steps or finetune_seconds:
         finetune = finetune_kd(model, teacher, _require_data(train_data, "fine-tune: train_data"),

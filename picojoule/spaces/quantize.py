@@ -121,6 +121,7 @@ class ActivationQuantizer(nn.Module):
         self.layer_name = layer_name
         self.signed: bool | None = None  # None until calibrated
         self.observing = False
+        self.passthrough = False  # inputs pass unquantized and unobserved (e.g. during BN re-estimation)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
         self._reset_observer()
@@ -145,11 +146,12 @@ class ActivationQuantizer(nn.Module):
         self._min, self._max = float("inf"), float("-inf")
         self._sample = torch.empty(0)
         self._keys = torch.empty(0)
+        self._rng = torch.Generator().manual_seed(0)  # the sample, hence the range, is repeatable
 
     def start_observing(self) -> None:
         """Forget earlier statistics and pass inputs through unquantized while recording them."""
         self._reset_observer()
-        self.observing = True
+        self.observing, self.passthrough = True, False
 
     def stop_observing(self) -> None:
         """Drop the statistics without changing the range."""
@@ -163,7 +165,7 @@ class ActivationQuantizer(nn.Module):
             return
         self._min = min(self._min, values.min().item())
         self._max = max(self._max, values.max().item())
-        keys = torch.rand(values.numel(), device=values.device)
+        keys = torch.rand(values.numel(), generator=self._rng, device="cpu").to(values.device)
         if self._keys.numel() >= ACT_SAMPLE_SIZE:
             keep = keys < self._keys.max()
             values, keys = values[keep], keys[keep]
@@ -189,7 +191,7 @@ class ActivationQuantizer(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bits is None:
+        if self.bits is None or self.passthrough:
             return x
         if self.observing:
             self._observe(x)

@@ -1,0 +1,286 @@
+"""The problem a user states: a YAML file validated on load, every mistake one line naming the file and field.
+
+::
+
+    model: digits                 # 'digits' (the offline default), a zoo name, an .onnx path (cost only) or
+                                  # package.module:function returning (model, example input)
+    weights: null                 # a state_dict file (zoo), or the argument a module:function is called with
+    data: digits                  # per split, {test: <spec>, calibration: <spec>, train: <spec>} (train only
+    #   to fine-tune), each a picojoule.data.load_dataset spec; 'digits' or an .npz path alone means its
+    #   test split for test and its train split for calibration and train
+    target: eyeriss               # a bundled target name or a target .yaml
+    cost_model: eyeriss           # roofline | eyeriss
+    objectives: [maximise accuracy, minimise energy]     # accuracy, energy, latency, size, co2e, macs, params
+    constraints: ["energy <= 0.5 * uniform_int8", "accuracy_drop <= 1"]   # see picojoule.search.constraints
+    space: {defaults: {keep: [0.5, 0.75, 1.0]}}          # overrides, see picojoule.spaces.space
+    strategy: nsga2               # nsga2 | tpe | gp | random
+    strategy_options: {population_size: 16}              # keyword arguments of the Optuna sampler
+    trials: 200
+    evaluation: {calibration_images: 256, finetune_steps: 0, test_images: null}
+    warm_start: [uniform_int8]    # baselines tried first
+    seed: 0
+    workers: 0                    # 0: evaluate in this process; N: N Ray actors
+    ray_address: null             # a Ray cluster to join (default: start a local one)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from picojoule.errors import PicojouleError
+from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
+from picojoule.search.baselines import baseline_bits
+from picojoule.search.constraints import ConstraintProgram
+from picojoule.search.metrics import METRICS, OBJECTIVE_METRICS
+
+DIGITS = "digits"
+STRATEGIES = ("nsga2", "tpe", "gp", "random")
+_HOOK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_DIRECTIONS = {"maximise": True, "maximize": True, "max": True, "minimise": False, "minimize": False, "min": False}
+#: fields a resumed run may change; every other field must match the run's saved config
+RESUMABLE_FIELDS = ("trials", "workers", "ray_address")
+
+DatasetSpec = str | dict[str, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """The dataset of each split: ``test`` measures accuracy, ``calibration`` sets activation ranges and
+    BatchNorm statistics, ``train`` feeds the fine-tune (relative paths are from the working directory)."""
+
+    test: DatasetSpec
+    calibration: DatasetSpec
+    train: DatasetSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        """``digits`` or an .npz (a string, or a mapping with 'source') stands for its test and train splits."""
+        if isinstance(data, str) or (isinstance(data, dict) and "source" in data):
+            base = {"source": data} if isinstance(data, str) else dict(data)
+            if "split" in base or not (base["source"] == DIGITS or str(base["source"]).endswith(".npz")):
+                raise ValueError("one dataset spec stands for all splits only for 'digits' or an .npz file with "
+                                 "x_test/x_train: give {test: <spec>, calibration: <spec>, train: <spec>}")
+            return {"test": {**base, "split": "test"}, "calibration": {**base, "split": "train"},
+                    "train": {**base, "split": "train"}}
+        return data
+
+
+class EvaluationConfig(_Strict):
+    """The accuracy stage's budget per feasible policy (BatchNorm is re-estimated whenever a policy prunes)."""
+
+    calibration_images: int = Field(256, ge=1, description="images that set activation ranges (in batches of 128)")
+    finetune_steps: int = Field(0, ge=0, description="steps of fine-tuning distilled from the uncompressed model")
+    test_images: int | None = Field(None, ge=1, description="the first N test images (default: all)")
+
+
+class CarbonConfig(_Strict):
+    pue: float = Field(DEFAULT_PUE, ge=1.0)
+    grid_g_per_kwh: float = Field(DEFAULT_GRID_G_PER_KWH, ge=0.0)
+
+
+class Objective(_Strict):
+    metric: str
+    maximise: bool
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximise else "minimize"
+
+    def __str__(self) -> str:
+        return f"{'maximise' if self.maximise else 'minimise'} {self.metric}"
+
+
+def parse_objective(text: Any) -> Objective:
+    """``"maximise accuracy"``, ``"minimise energy"`` or just ``"energy"`` (the metric's natural direction)."""
+    if not isinstance(text, str) or not text.split():
+        raise ValueError(f"expected a string like 'minimise energy', got {text!r}")
+    words = text.split()
+    if len(words) > 2 or (len(words) == 2 and words[0].lower() not in _DIRECTIONS):
+        raise ValueError(f"'{text}': expected '[maximise|minimise] <metric>'")
+    metric = words[-1]
+    if metric not in OBJECTIVE_METRICS:
+        raise ValueError(f"'{text}': unknown metric '{metric}' (expected one of {', '.join(OBJECTIVE_METRICS)})")
+    natural = METRICS[metric].maximise
+    if len(words) == 2 and _DIRECTIONS[words[0].lower()] != natural:
+        raise ValueError(f"'{text}': {metric} can only be {'maximised' if natural else 'minimised'}")
+    return Objective(metric=metric, maximise=natural)
+
+
+class SearchConfig(_Strict):
+    """A search problem. Build it with :func:`load_config` (a YAML file) or :func:`config_from_dict`."""
+
+    model: str = DIGITS
+    weights: str | None = None
+    data: DataConfig | None = None
+    target: str
+    cost_model: Literal["roofline", "eyeriss"] = "roofline"
+    batch: int = Field(1, ge=1, description="inference batch the cost model prices")
+    objectives: list[str] = Field(default_factory=lambda: ["maximise accuracy", "minimise energy"], min_length=1)
+    constraints: list[str] = Field(default_factory=list)
+    space: dict[str, Any] | None = None
+    strategy: Literal[STRATEGIES] = "nsga2"  # type: ignore[valid-type]
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    trials: int = Field(100, ge=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    carbon: CarbonConfig = Field(default_factory=CarbonConfig)
+    warm_start: list[str] = Field(default_factory=list)
+    seed: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0)
+    ray_address: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        from picojoule.zoo import ZOO_NAMES
+
+        if v == DIGITS or v in ZOO_NAMES or v.endswith(".onnx") or _HOOK_RE.match(v):
+            return v
+        raise ValueError(f"'{v}' is not 'digits', a zoo model ({', '.join(ZOO_NAMES)}), an .onnx path or "
+                         "'package.module:function'")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from picojoule.hwmodels.target import load_target
+
+        try:
+            load_target(v)
+        except PicojouleError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        parsed = [str(parse_objective(t)) for t in v]
+        dup = [o for i, o in enumerate(parsed) if o in parsed[:i]]
+        if dup:
+            raise ValueError(f"'{dup[0]}' is given twice")
+        return parsed
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: list[str]) -> list[str]:
+        try:
+            return [c.text for c in ConstraintProgram.parse(v, "")]
+        except PicojouleError as e:
+            raise ValueError(str(e).removeprefix(": ")) from None
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, v: list[str]) -> list[str]:
+        for name in v:
+            try:
+                baseline_bits(name)
+            except PicojouleError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        if self.needs_accuracy:
+            if self.model.endswith(".onnx"):
+                raise ValueError("model: an .onnx model can be costed but not evaluated for accuracy: use a zoo "
+                                 "name or package.module:function, or drop accuracy from objectives and constraints")
+            if self.data is None and self.model != DIGITS:
+                raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
+        if self.evaluation.finetune_steps and self.data is not None and self.data.train is None:
+            raise ValueError("data.train: required for evaluation.finetune_steps > 0")
+        return self
+
+    # -- derived -----------------------------------------------------------------------------------
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        return [parse_objective(t) for t in self.objectives]
+
+    @property
+    def program(self) -> ConstraintProgram:
+        return ConstraintProgram.parse(self.constraints)
+
+    @property
+    def needs_accuracy(self) -> bool:
+        return any(METRICS[o.metric].needs_accuracy for o in self.objective_list) or self.program.needs_accuracy
+
+    @property
+    def data_config(self) -> DataConfig | None:
+        """The data, with digits as the default for the digits model."""
+        if self.data is None and self.model == DIGITS:
+            return DataConfig.model_validate(DIGITS)
+        return self.data
+
+    def dump(self) -> dict[str, Any]:
+        """A plain dict that :func:`config_from_dict` reads back to an equal config."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    if (item := re.match(r"^\[(\d+)\]: ", msg)) and loc:
+        loc, msg = f"{loc}[{item.group(1)}]", msg[item.end():]
+    if not loc and msg.split(":")[0] in ("model", "data", "data.train"):  # a whole-config check names its field
+        loc, msg = msg.split(":", 1)[0], msg.split(":", 1)[1].strip()
+    return f"{source}: field '{loc or '(top level)'}': {msg}".replace("\n", " ")
+
+
+def config_from_dict(data: Any, source: str = "config") -> SearchConfig:
+    """Validate a mapping; a one-line PicojouleError naming ``source`` and the field otherwise."""
+    if not isinstance(data, dict):
+        raise PicojouleError(f"{source}: expected a mapping of search settings, got {type(data).__name__}")
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        raise PicojouleError(_format_error(source, e)) from None
+
+
+def load_config(path: str | Path) -> SearchConfig:
+    """Read and validate a search config YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PicojouleError(f"{path}: search config not found") from None
+    except OSError as e:
+        raise PicojouleError(f"{path}: cannot read search config: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PicojouleError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    return config_from_dict(data, str(path))
+
+
+def resolve_config(config: SearchConfig | dict[str, Any] | str | Path, **overrides: Any) -> tuple[SearchConfig, str]:
+    """A validated config from a path, a mapping or a config, with ``overrides`` applied; and its source name."""
+    if isinstance(config, SearchConfig):
+        base, source = config.dump(), "config"
+    elif isinstance(config, dict):
+        base, source = dict(config), "config"
+    else:
+        loaded = load_config(config)
+        base, source = loaded.dump(), str(config)
+    unknown = [k for k in overrides if k not in SearchConfig.model_fields]
+    if unknown:
+        raise PicojouleError(f"run_search: unknown override '{unknown[0]}' (expected a config field)")
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        elif value is not None:
+            base[key] = value
+    return config_from_dict(base, source), source

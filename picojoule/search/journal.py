@@ -1,0 +1,132 @@
+"""The run's memory: an Optuna study in ``JournalStorage(JournalFileBackend(run_dir/"journal.log"))``.
+
+Every trial is stored with its knob indices as integer params (one per knob, named like the knob) and, as
+user attributes, its ``metrics`` (SI units; accuracy null where it was not measured), whether it was
+``evaluated`` for accuracy, and any ``error``. Study user attributes hold the baselines' metrics. Everything
+the reports show is read back from here, so a resumed run reports the trials of every session.
+
+A trial a killed process left RUNNING is failed on resume (a failed trial without an ``error`` is an
+*interrupted* one), and its params are enqueued once more (``retry_of``); a retry that is interrupted
+again is failed for good. The trial budget counts finished trials except interrupted ones.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from picojoule.errors import PicojouleError
+from picojoule.spaces.space import Space
+
+STUDY_NAME = "picojoule"
+JOURNAL = "journal.log"
+_STATES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "fail", TrialState.RUNNING: "running",
+           TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned"}
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO and warns that multivariate TPE is experimental: keep the bar readable."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a half-written last line (a process killed mid-append) so that appends stay parseable."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def open_study(run_dir: Path, directions: list[str], sampler: optuna.samplers.BaseSampler,
+               resume: bool) -> optuna.Study:
+    """Create the run's study, or load it to resume."""
+    path = run_dir / JOURNAL
+    if resume:
+        _repair_tail(path)
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    if not resume:
+        return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=directions)
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+    except KeyError:
+        raise PicojouleError(f"{path}: no picojoule study to resume") from None
+    if [d.name.lower() for d in study.directions] != directions:
+        raise PicojouleError(f"{path}: the journal's objectives differ from the config's; start a new run")
+    return study
+
+
+def knob_params(space: Space, vec: np.ndarray) -> dict[str, int]:
+    """A choice-index vector as Optuna params."""
+    return {k.name: int(i) for k, i in zip(space.knobs, vec)}
+
+
+@dataclass(eq=False)
+class TrialRecord:
+    """One trial as the journal holds it."""
+
+    number: int
+    state: str  # complete | fail | running | waiting
+    vec: np.ndarray | None
+    metrics: dict[str, float] = field(default_factory=dict)  # NaN where not measured
+    constraints: dict[str, float] = field(default_factory=dict)  # violation of each bound (<= 0 holds)
+    evaluated: bool = False
+    error: str | None = None
+    retry_of: int | None = None
+    interrupted: bool = False
+    warm_start: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == "complete" and all(v <= 0 for v in self.constraints.values())
+
+    @property
+    def counted(self) -> bool:
+        """Whether this trial spends one of the budget's trials."""
+        return self.state in ("complete", "fail", "pruned") and not self.interrupted
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.vec) if self.vec is not None else ()
+
+
+def _record(trial: FrozenTrial, space: Space) -> TrialRecord:
+    attrs = trial.user_attrs
+    names = [k.name for k in space.knobs]
+    vec = np.asarray([trial.params[n] for n in names], dtype=np.int64) if all(n in trial.params for n in names) \
+        else None
+    metrics = {k: (math.nan if v is None else float(v)) for k, v in (attrs.get("metrics") or {}).items()}
+    return TrialRecord(
+        number=trial.number, state=_STATES.get(trial.state, trial.state.name.lower()), vec=vec, metrics=metrics,
+        constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
+        retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
+        warm_start=attrs.get("warm_start"))
+
+
+def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:
+    """Every trial of the study, in trial-number order."""
+    return [_record(t, space) for t in study.get_trials(deepcopy=False)]
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Fail the trials a killed run left RUNNING; enqueue each once more unless it was a retry already.
+
+    Returns the numbers of the trials re-enqueued.
+    """
+    retried = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        if trial.user_attrs.get("retry_of") is None:
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            retried.append(trial.number)
+    return retried

@@ -1,0 +1,99 @@
+"""Accuracy evaluations on Ray actors (``workers: N``), driven by the same ask/tell loop.
+
+Each actor receives the model, the layer graph and the data once (through Ray's object store, so a cluster's
+nodes need no copy of the files) and then evaluates one policy per call. ``ray.init`` starts a local Ray
+(``num_cpus=workers``, no dashboard, ``RAY_AUTH_MODE=disabled`` unless set) or joins ``ray_address``.
+Tested with ray 2.60.0. On a cluster every node needs picojoule installed, and the module of a
+``package.module:function`` model importable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from picojoule.errors import PicojouleError
+from picojoule.search.config import EvaluationConfig
+from picojoule.search.executors import Outcome, safe_evaluate
+from picojoule.search.problem import Datasets, Evaluator, Problem
+from picojoule.spaces.policy import Policy
+
+
+class EvaluatorActor:
+    """Holds one :class:`Evaluator` (model and data loaded once) and evaluates policies on request."""
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor, graph: Any, data: Datasets,
+                 evaluation: EvaluationConfig, seed: int, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.evaluator = Evaluator(model, example, graph, data, evaluation, seed)
+
+    def evaluate(self, policy: Policy) -> tuple[dict[str, Any] | None, str | None]:
+        return safe_evaluate(self.evaluator, policy)
+
+
+def _import_ray(source: str) -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise PicojouleError(f"{source}: field 'workers': evaluating on workers needs Ray: "
+                             "pip install 'ray==2.60.0'") from None
+    return ray
+
+
+class RayExecutor:
+    """``workers`` actors; ``submit`` hands a policy to an idle one, ``collect`` waits for the first result."""
+
+    def __init__(self, problem: Problem, workers: int, address: str | None = None):
+        ray = self.ray = _import_ray(problem.source)
+        self._started = not ray.is_initialized()
+        if self._started:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters enable token auth by default
+                ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
+        self._actor_cls = ray.remote(num_cpus=1)(EvaluatorActor)
+        self._args = (ray.put(problem.model), ray.put(problem.example), ray.put(problem.graph), ray.put(problem.data),
+                      problem.config.evaluation, problem.config.seed)
+        self.capacity = workers
+        self._idle = [self._actor_cls.remote(*self._args) for _ in range(workers)]
+        self._futures: dict[Any, tuple[Any, Any]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._futures)
+
+    def submit(self, tag: Any, policy: Policy) -> None:
+        actor = self._idle.pop()
+        self._futures[actor.evaluate.remote(policy)] = (tag, actor)
+
+    def collect(self) -> list[Outcome]:
+        if not self._futures:
+            return []
+        ready, _ = self.ray.wait(list(self._futures), num_returns=1)
+        out = []
+        for ref in ready:
+            tag, actor = self._futures.pop(ref)
+            try:
+                result, error = self.ray.get(ref)
+                self._idle.append(actor)
+            except self.ray.exceptions.RayError as e:  # the actor died (out of memory, killed): replace it
+                result, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                self.ray.kill(actor)
+                self._idle.append(self._actor_cls.remote(*self._args))
+            out.append((tag, result, error))
+        return out
+
+    def close(self) -> None:
+        for _, actor in self._futures.values():
+            self.ray.kill(actor)
+        for actor in self._idle:
+            self.ray.kill(actor)
+        self._futures.clear()
+        self._idle.clear()
+        if self._started:
+            self.ray.shutdown()

@@ -1,0 +1,141 @@
+"""From a config to the things a search works on: model, layer graph, target, space, data, and the evaluator.
+
+Every loading error is re-raised as one line naming the config file and the field it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from picojoule.data import ArrayDataset, load_dataset
+from picojoule.errors import PicojouleError
+from picojoule.graph import LayerGraph, build_graph
+from picojoule.hwmodels.costs import price
+from picojoule.hwmodels.target import Target, load_target
+from picojoule.hwmodels.workload import PolicyBatch
+from picojoule.search.config import DIGITS, EvaluationConfig, Objective, SearchConfig
+from picojoule.search.constraints import ConstraintProgram
+from picojoule.search.evaluate import evaluate_policy
+from picojoule.search.metrics import cost_metrics
+from picojoule.spaces.policy import Policy
+from picojoule.spaces.space import Space
+
+CALIB_BATCH = 128  # evaluate() draws activation-calibration batches of this size
+
+
+@contextmanager
+def _field(source: str, field: str) -> Iterator[None]:
+    """Prefix a PicojouleError raised inside with the config file and field."""
+    try:
+        yield
+    except PicojouleError as e:
+        raise PicojouleError(f"{source}: field '{field}': {e}") from None
+
+
+@dataclass
+class Datasets:
+    test: ArrayDataset
+    calibration: ArrayDataset
+    train: ArrayDataset | None = None
+
+
+def load_data(config: SearchConfig, source: str = "config") -> Datasets:
+    """The test, calibration and train splits the config names."""
+    data = config.data_config
+    if data is None:
+        raise PicojouleError(f"{source}: field 'data': required to measure accuracy")
+    loaded: dict[str, ArrayDataset | None] = {}
+    for split in ("test", "calibration", "train"):
+        spec = getattr(data, split)
+        if spec is None:
+            loaded[split] = None
+            continue
+        cached = next((loaded[s] for s in loaded if getattr(data, s) == spec), None)
+        with _field(source, f"data.{split}"):
+            loaded[split] = cached if cached is not None else load_dataset(spec)
+    return Datasets(**loaded)  # type: ignore[arg-type]
+
+
+def load_model(config: SearchConfig, source: str = "config") -> tuple[nn.Module | None, torch.Tensor | None]:
+    """(model in eval mode, example input of batch 1); (None, None) for an .onnx model (cost only)."""
+    if config.model.endswith(".onnx"):
+        return None, None
+    from picojoule.models import load_torch_model
+
+    with _field(source, "model"):
+        return load_torch_model(config.model, config.weights)
+
+
+class Evaluator:
+    """Accuracy of a policy, by :func:`picojoule.search.evaluate.evaluate_policy` (apply, re-estimate BatchNorm
+    if pruned, calibrate activations, optionally fine-tune, test). Holds the model and data once (a Ray actor
+    wraps it). Deterministic under ``seed``: the activation observers sample with torch's global RNG, so it is
+    forked and seeded around each evaluation."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, graph: LayerGraph, data: Datasets,
+                 evaluation: EvaluationConfig, seed: int = 0):
+        self.model, self.example, self.graph, self.cfg, self.seed = model, example, graph, evaluation, seed
+        self.test = data.test.subset(evaluation.test_images) if evaluation.test_images else data.test
+        self.calib, self.train = data.calibration, data.train
+
+    def __call__(self, policy: Policy) -> dict[str, Any]:
+        """``{"accuracy", "seconds", ...}`` of ``policy``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            _, result = evaluate_policy(
+                self.model, self.example, policy, self.test, graph=self.graph, calib_data=self.calib,
+                train_data=self.train, calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
+                finetune_steps=self.cfg.finetune_steps, seed=self.seed)
+        return {"accuracy": result["accuracy"], "seconds": result["seconds"]}
+
+
+@dataclass
+class Problem:
+    """Everything one search needs, loaded once."""
+
+    config: SearchConfig
+    source: str
+    graph: LayerGraph
+    target: Target
+    space: Space
+    program: ConstraintProgram
+    objectives: list[Objective]
+    model: nn.Module | None = None
+    example: torch.Tensor | None = None
+    data: Datasets | None = None
+
+    def cost(self, policies: PolicyBatch | Sequence[Policy]) -> dict[str, np.ndarray]:
+        """The hardware metrics of N policies (vectorised), each an (N,) array."""
+        pb = policies if isinstance(policies, PolicyBatch) else list(policies)
+        result = price(self.graph, self.target, pb, model=self.config.cost_model, batch=self.config.batch)
+        return cost_metrics(result, self.config.carbon.pue, self.config.carbon.grid_g_per_kwh)
+
+    def evaluator(self) -> Evaluator:
+        if self.model is None or self.data is None:
+            raise PicojouleError(f"{self.source}: this search measures no accuracy")
+        return Evaluator(self.model, self.example, self.graph, self.data, self.config.evaluation, self.config.seed)
+
+
+def build_problem(config: SearchConfig, source: str = "config") -> Problem:
+    """Load the model, its graph, the target, the space and (if accuracy matters) the data."""
+    data = load_data(config, source) if config.needs_accuracy else None
+    model, example = load_model(config, source)
+    with _field(source, "model"):
+        if model is None:
+            graph = build_graph(config.model)
+        else:
+            name = "digits_cnn" if config.model == DIGITS else config.model.split(":")[-1]
+            graph = build_graph(model, example, name=name)
+    target = load_target(config.target)
+    space = Space.build(graph, target, config.space, source=f"{source}: field 'space'")
+    if space.dim == 0:
+        raise PicojouleError(f"{source}: field 'space': nothing to search: every knob of '{graph.name}' is fixed")
+    return Problem(config, source, graph, target, space, config.program, config.objective_list, model, example, data)

@@ -1,0 +1,158 @@
+"""What a run leaves behind: ``trials.csv``, ``pareto/`` (each front policy as YAML, plus HAQ and AMC
+exports), ``report.md`` and the plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from picojoule.search.constraints import all_hold
+from picojoule.search.journal import TrialRecord
+from picojoule.search.metrics import METRICS, format_value
+
+if TYPE_CHECKING:
+    from picojoule.search.engine import SearchResult
+
+PARETO_DIR = "pareto"
+PLOTS_DIR = "plots"
+
+
+def shown_metrics(result: SearchResult) -> list[str]:
+    """The metrics a table shows: accuracy (if measured) and every hardware figure but params."""
+    acc = ["accuracy", "accuracy_drop"] if result.config.needs_accuracy else []
+    return acc + ["energy", "latency", "size", "co2e", "macs"]
+
+
+def policy_name(record: TrialRecord) -> str:
+    return f"trial_{record.number:05d}"
+
+
+def write_trials_csv(result: SearchResult, path: Path) -> Path:
+    """One row per trial: state, metrics (SI units), constraint violations, knob values."""
+    space = result.problem.space
+    on_front = {r.number for r in result.front}
+    metric_cols = list(METRICS)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "state", "feasible", "evaluated", "on_front", *metric_cols,
+                    *(f"violation[{k}]" for k in result.bounds), *(k.name for k in space.knobs),
+                    "warm_start", "retry_of", "interrupted", "error"])
+        for r in result.records:
+            values = [r.metrics.get(m, math.nan) for m in metric_cols]
+            knobs = [k.choices[i] for k, i in zip(space.knobs, r.vec)] if r.vec is not None else [""] * space.dim
+            w.writerow([r.number, r.state, r.feasible, r.evaluated, r.number in on_front,
+                        *("" if math.isnan(v) else f"{v:.6g}" for v in values),
+                        *(f"{r.constraints[k]:.6g}" if k in r.constraints else "" for k in result.bounds),
+                        *knobs, r.warm_start or "", "" if r.retry_of is None else r.retry_of, r.interrupted,
+                        r.error or ""])
+    return path
+
+
+def write_pareto(result: SearchResult, folder: Path) -> list[Path]:
+    """Each front policy as ``trial_NNNNN.yaml``, with ``.haq.json`` and ``.amc.json`` beside it."""
+    from picojoule.spaces.formats import to_amc, to_haq
+
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("trial_*"):  # a resumed run's front replaces the last one
+        old.unlink()
+    paths = []
+    for r in result.front:
+        policy = result.policy(r)
+        path = folder / f"{policy_name(r)}.yaml"
+        policy.save(path)
+        graph = result.problem.graph
+        path.with_suffix(".haq.json").write_text(json.dumps(to_haq(policy, graph)))
+        path.with_suffix(".amc.json").write_text(json.dumps(to_amc(policy, graph)))
+        paths.append(path)
+    return paths
+
+
+def _row(lead: list[str], metrics: dict[str, float], shown: list[str], extra: list[str]) -> str:
+    return "| " + " | ".join([*lead, *(format_value(m, metrics.get(m, math.nan)) for m in shown), *extra]) + " |"
+
+
+def _header(lead: list[str], shown: list[str], extra: list[str]) -> list[str]:
+    cols = [*lead, *shown, *extra]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def _link(r: TrialRecord) -> str:
+    return f"[{r.number}]({PARETO_DIR}/{policy_name(r)}.yaml)"
+
+
+def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Path:
+    """report.md: the problem, the winners, the front and the baselines side by side."""
+    cfg, problem = result.config, result.problem
+    shown = shown_metrics(result)
+    counted = [r for r in result.records if r.counted]
+    n_feasible = sum(r.feasible for r in counted)
+    n_failed = sum(r.state == "fail" for r in counted)
+    lines = [
+        f"# picojoule search: {problem.graph.name} on {problem.target.name}",
+        "",
+        f"- cost model: {cfg.cost_model}; strategy: {cfg.strategy}; seed {cfg.seed}",
+        f"- space: {problem.space.dim} knobs, 10^{problem.space.log10_size:.1f} policies",
+        f"- trials: {len(counted)} ({n_feasible} feasible, {len(counted) - n_feasible - n_failed} infeasible, "
+        f"{n_failed} failed); {sum(r.evaluated for r in counted)} measured for accuracy",
+        f"- objectives: {', '.join(cfg.objectives)}",
+        "- constraints: " + ("; ".join(f"`{k}` (bound {format_value(k.split()[0], v)})"
+                                       for k, v in result.bounds.items()) or "none"),
+        "",
+        "## Winners",
+        "",
+        "The best feasible policy for each objective; a constraint's margin is its value's distance from the "
+        "bound, as a share of the bound (negative: inside it).",
+        "",
+    ]
+    margin_cols = [f"margin `{k}`" for k in result.bounds]
+    winners = result.winners
+    if winners:
+        lines += _header(["objective", "trial"], shown, margin_cols)
+        for label, r in winners.items():
+            margins = [_margin(r.constraints.get(k)) for k in result.bounds]
+            lines.append(_row([label, _link(r)], r.metrics, shown, margins))
+    else:
+        lines.append("No feasible policy was found: loosen the constraints or give more trials.")
+    lines += ["", f"## Pareto front ({len(result.front)} polic{'y' if len(result.front) == 1 else 'ies'})", ""]
+    if result.front:
+        lines += _header(["trial"], shown, [])
+        for r in sorted(result.front, key=lambda r: r.metrics[problem.objectives[0].metric],
+                        reverse=problem.objectives[0].maximise):
+            lines.append(_row([_link(r)], r.metrics, shown, []))
+    lines += ["", "## Baselines", ""]
+    lines += _header(["baseline"], shown, ["meets constraints"])
+    for name, metrics in result.baselines.items():
+        violations = problem.program.violations(metrics, result.bounds) if _has(metrics, problem) else {}
+        meets = "—" if not _has(metrics, problem) else ("yes" if bool(all_hold(violations)) else "no")
+        lines.append(_row([name], metrics, shown, [meets]))
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{label}]({p.relative_to(path.parent)})" for label, p in plots.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _has(metrics: dict[str, float], problem) -> bool:
+    return all(c.metric in metrics for c in problem.program)
+
+
+def _margin(violation: float | None) -> str:
+    """A violation as a signed share of the bound: -30% is 30% inside it, +5% breaks it by 5%."""
+    return "—" if violation is None else f"{violation * 100:+.0f}%"
+
+
+def write_outputs(result: SearchResult) -> dict[str, Path]:
+    """Write every output of the run; returns them by name."""
+    from picojoule.search.plots import write_plots
+
+    run = result.run_dir
+    out = {"trials": write_trials_csv(result, run / "trials.csv")}
+    pareto = write_pareto(result, run / PARETO_DIR)
+    out |= {f"pareto/{p.stem}": p for p in pareto}
+    plots = write_plots(result, run / PLOTS_DIR)
+    out |= plots
+    out["report"] = write_report(result, run / "report.md", plots)
+    return out

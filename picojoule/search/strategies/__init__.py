@@ -1,0 +1,26 @@
+"""Search strategies behind one interface (:class:`~picojoule.search.strategies.base.Strategy`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from picojoule.search.journal import open_study
+from picojoule.search.strategies.base import Handle, Strategy
+from picojoule.search.strategies.optuna_samplers import OptunaStrategy, make_sampler
+from picojoule.spaces.space import Space
+
+#: strategy name -> class; the Optuna ones share a class and differ by sampler
+STRATEGIES: dict[str, type[Strategy]] = {"nsga2": OptunaStrategy, "tpe": OptunaStrategy, "gp": OptunaStrategy,
+                                          "random": OptunaStrategy}
+
+__all__ = ["STRATEGIES", "Handle", "OptunaStrategy", "Strategy", "make_sampler", "make_strategy"]
+
+
+def make_strategy(name: str, space: Space, run_dir: Path, directions: list[str], seed: int,
+                  options: dict[str, Any], resume: bool = False, where: str = "strategy_options") -> Strategy:
+    """Strategy ``name`` on the run's journal (created, or loaded to resume)."""
+    study = open_study(run_dir, directions, make_sampler(name, seed, options, where), resume)
+    if resume:  # a fresh stream: the seed's own stream would propose the first session's vectors again
+        study.sampler = make_sampler(name, seed + len(study.trials), options, where)
+    return STRATEGIES[name](space, study)

@@ -1,0 +1,78 @@
+"""The one interface every search strategy implements.
+
+A strategy proposes choice-index vectors over a :class:`~picojoule.spaces.space.Space` and learns from
+what they scored::
+
+    handle, vec = strategy.ask()                   # vec: (D,) int, one choice index per knob
+    strategy.tell(handle, objectives, constraints)  # objectives in config order; constraints <= 0 hold
+    strategy.tell(handle, [], {}, failed=True)      # the evaluation broke
+
+Every strategy records its trials in ``self.study``, an Optuna study on the run's journal, so that reports
+and resume work the same for all of them. The Optuna samplers (NSGA-II, TPE, GP, random) are one class,
+:class:`~picojoule.search.strategies.optuna_samplers.OptunaStrategy`.
+
+A strategy with its own agent (a DDPG actor-critic in the HAQ/AMC manner: a layer-by-layer episode, a
+per-layer state vector, one continuous action per knob mapped to a choice, the budget enforced by
+adjusting actions) subclasses :class:`Strategy`: ``ask`` runs an episode to a vector, enqueues it
+(``self.study.enqueue_trial(params)``), opens it with ``self.record()`` and returns that trial as the
+handle (queued retries and warm starts come first: read the vector back from the trial); ``tell`` turns
+the objectives into the agent's reward, updates the agent, then calls ``self.finish(...)``.
+Register it in ``picojoule.search.strategies.STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+from picojoule.spaces.space import Space
+
+Handle = optuna.trial.Trial
+
+
+class Strategy(ABC):
+    """Proposes vectors over ``space`` and records every trial in ``study``."""
+
+    name: str = ""
+
+    def __init__(self, space: Space, study: optuna.Study):
+        self.space, self.study = space, study
+        self.distributions = {k.name: IntDistribution(0, len(k.choices) - 1) for k in space.knobs}
+
+    @abstractmethod
+    def ask(self) -> tuple[Handle, np.ndarray]:
+        """A new trial's handle and its choice-index vector."""
+
+    @abstractmethod
+    def tell(self, handle: Handle, objectives: Sequence[float], constraints: Mapping[str, float],
+             failed: bool = False, attrs: Mapping[str, Any] | None = None) -> None:
+        """Report a trial's objective values and constraint violations (or its failure); ``attrs`` are stored
+        with it (metrics, errors) for the reports."""
+
+    # -- helpers for subclasses -------------------------------------------------------------------
+
+    def vector(self, trial: Handle) -> np.ndarray:
+        return np.asarray([trial.params[k.name] for k in self.space.knobs], dtype=np.int64)
+
+    def record(self) -> tuple[Handle, np.ndarray]:
+        """Open a trial: the oldest queued one (retry, warm start), else where the study's sampler puts it."""
+        trial = self.study.ask(self.distributions)
+        return trial, self.vector(trial)
+
+    def finish(self, handle: Handle, objectives: Sequence[float], constraints: Mapping[str, float],
+               failed: bool = False, attrs: Mapping[str, Any] | None = None) -> None:
+        """Store ``attrs`` and the constraints, then close the trial as complete or failed."""
+        for key, value in (attrs or {}).items():
+            handle.set_user_attr(key, value)
+        if failed:
+            self.study.tell(handle, state=TrialState.FAIL)
+            return
+        for key, value in constraints.items():
+            handle.set_constraint(key, float(value))
+        self.study.tell(handle, [float(v) for v in objectives])

@@ -1,0 +1,48 @@
+"""Optuna's samplers behind the Strategy interface: NSGA-II, TPE (multivariate), GP and random.
+
+Constraints reach every sampler through ``trial.set_constraint`` (NSGA-II's constrained domination,
+TPE's and GP's feasibility models); knob indices are integer params, so TPE and GP see the order of
+bit-widths, keep ratios and ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+
+from picojoule.errors import PicojouleError
+from picojoule.search.strategies.base import Handle, Strategy
+
+#: NSGA-II's population when the config gives none (Optuna's 50 suits budgets of thousands, not hundreds)
+DEFAULT_POPULATION = 20
+
+
+def make_sampler(name: str, seed: int, options: Mapping[str, Any], where: str) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of strategy ``name``; bad ``options`` give a one-line error naming ``where``."""
+    opts = dict(options)
+    try:
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, **{"population_size": DEFAULT_POPULATION, **opts})
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, **{"multivariate": True, **opts})
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, **opts)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed, **opts)
+    except (TypeError, ValueError) as e:
+        raise PicojouleError(f"{where}: {str(e).splitlines()[0]}") from None
+    raise PicojouleError(f"{where}: unknown strategy '{name}'")
+
+
+class OptunaStrategy(Strategy):
+    """ask/tell on a study whose sampler proposes the vectors."""
+
+    def ask(self) -> tuple[Handle, np.ndarray]:
+        return self.record()
+
+    def tell(self, handle: Handle, objectives: Sequence[float], constraints: Mapping[str, float],
+             failed: bool = False, attrs: Mapping[str, Any] | None = None) -> None:
+        self.finish(handle, objectives, constraints, failed, attrs)

@@ -1,0 +1,210 @@
+"""Export and compilation: real ResNet-20 weights and CIFAR images -> QDQ ONNX -> ONNX Runtime and TVM builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from picojoule.compilers.export import ORT_TOLERANCE, check_onnxruntime, export_onnx, qdq_counts, run_onnxruntime
+from picojoule.data import load_npz
+from picojoule.errors import PicojouleError
+from picojoule.spaces.quantize import calibrate_activations, quantize_model
+from picojoule.zoo import build_model
+
+torch.set_num_threads(1)
+tvm = pytest.importorskip("tvm")
+
+from picojoule.compilers import tvm_build  # noqa: E402  (needs tvm)
+from picojoule.compilers.deploy import deploy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def resnet20(shared_data: Path) -> tuple[nn.Module, torch.Tensor]:
+    return build_model("resnet20", shared_data / "models" / "resnet20_cifar10.th")
+
+
+@pytest.fixture(scope="module")
+def images(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(32 calibration images from the train split, 8 test images), normalised NCHW."""
+    path = shared_data / "cifar10" / "lossless_subset.npz"
+    calib = next(load_npz(path, "train").subset(32).batches(32))[0]
+    test = next(load_npz(path, "test").subset(8).batches(8))[0]
+    return calib, test
+
+
+def _quantized(model: nn.Module, calib: torch.Tensor, bits: dict[str, tuple[int, int]]) -> nn.Module:
+    torch.manual_seed(0)  # repeatable calibration, whatever sampling quantize uses
+    q = quantize_model(model, bits)
+    calibrate_activations(q, [calib])
+    return q
+
+
+def _uniform(model: nn.Module, w_bits: int, a_bits: int) -> dict[str, tuple[int, int]]:
+    return {n: (w_bits, a_bits) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@pytest.fixture(scope="module")
+def w8a8(resnet20, images, tmp_path_factory) -> tuple[nn.Module, Path]:
+    model, example = resnet20
+    q = _quantized(model, images[0], _uniform(model, 8, 8))
+    return q, export_onnx(q, example, tmp_path_factory.mktemp("w8a8") / "resnet20-w8a8.onnx")
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    """The int8 initializers feeding DequantizeLinear nodes that read no activation (the weights)."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return [onnx.numpy_helper.to_array(inits[n.input[0]]) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and inits[n.input[0]].dims]
+
+
+def _assert_close_to_torch(model: nn.Module, path: Path, x: torch.Tensor) -> float:
+    diff = check_onnxruntime(model, x, path)  # raises beyond ORT_TOLERANCE x max |output|
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert (run_onnxruntime(path, x).argmax(1) == expected.argmax(1)).all()
+    return diff
+
+
+def test_float_export_matches_torch(resnet20, images, tmp_path):
+    model, example = resnet20
+    path = export_onnx(model, example, tmp_path / "fp32.onnx")
+    assert qdq_counts(path)["QuantizeLinear"] == 0
+    assert check_onnxruntime(model, images[1], path) < 1e-4
+
+
+def test_w8a8_exports_qdq_and_matches_torch(w8a8, images):
+    q, path = w8a8
+    counts = qdq_counts(path)
+    # 20 layers: one QuantizeLinear per input activation; weights stored as int8, DequantizeLinear only
+    assert counts["QuantizeLinear"] == 20 and counts["DequantizeLinear"] == 40 and counts["Clip"] == 0
+    assert len(_int8_weights(path)) == 20
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # float sums in another order move a few activations across a rounding boundary: < 2% of the logit range
+    assert _assert_close_to_torch(q, path, images[1]) < ORT_TOLERANCE * 40
+
+
+def test_w4a8_int8_carrier_with_clipped_range(resnet20, images, tmp_path):
+    model, example = resnet20
+    q = _quantized(model, images[0], _uniform(model, 4, 8))
+    path = export_onnx(q, example, tmp_path / "w4a8.onnx")
+    weights = _int8_weights(path)
+    assert len(weights) == 20
+    assert all(w.min() >= -8 and w.max() <= 7 for w in weights)  # 4-bit values inside int8
+    assert any(w.min() == -8 or w.max() == 7 for w in weights)
+    _assert_close_to_torch(q, path, images[1])
+
+
+def test_sub8_activations_clip_and_wide_bits_emulate(resnet20, images, tmp_path):
+    model, example = resnet20
+    bits = _uniform(model, 8, 8) | {"layer1.0.conv1": (4, 4), "layer2.0.conv2": (6, 5), "layer3.1.conv1": (12, 12)}
+    q = _quantized(model, images[0], bits)
+    path = export_onnx(q, example, tmp_path / "mixed.onnx")
+    counts = qdq_counts(path)
+    # two sub-8-bit inputs get a Clip before their uint8 QuantizeLinear; the 12-bit layer is emulated in float
+    # (its activation clamp is a Clip, its weight a float constant on the 12-bit grid)
+    assert counts["QuantizeLinear"] == 19 and counts["DequantizeLinear"] == 38 and counts["Clip"] == 3
+    _assert_close_to_torch(q, path, images[1])
+
+
+def test_uncalibrated_model_is_a_user_error(resnet20, tmp_path):
+    model, example = resnet20
+    q = quantize_model(model, _uniform(model, 8, 8))
+    with pytest.raises(PicojouleError, match="not calibrated"):
+        export_onnx(q, example, tmp_path / "x.onnx")
+
+
+def test_tvm_targets_from_yaml():
+    host = tvm_build.host_target()
+    assert host.kind.name == "llvm" and host.attrs["mcpu"] == tvm_build.host_cpu() != "generic"
+    assert tvm_build.missing_isa(host) == []
+    avx = tvm_build.tvm_target("cpu-avx512")
+    assert avx.kind.name == "llvm" and avx.attrs["mcpu"] == "icelake-server"
+    cuda = tvm_build.tvm_target("a100", host_mcpu="znver4")
+    assert cuda.kind.name == "cuda" and cuda.attrs["arch"] == "sm_80"
+    assert cuda.host.kind.name == "llvm" and cuda.host.attrs["mcpu"] == "znver4"
+
+
+def test_unsupported_target_keeps_onnx_and_says_so(resnet20, tmp_path):
+    model, example = resnet20
+    with pytest.raises(PicojouleError, match=r"TVM cannot build for edge-npu .*the ONNX artifact is at .*fp32\.onnx"):
+        deploy(model, example, "edge-npu", tmp_path, name="fp32")
+    assert (tmp_path / "fp32.onnx").is_file()
+    report = json.loads((tmp_path / "fp32-edge-npu.json").read_text())
+    assert report["library"] is None and "TVM cannot build" in report["error"]
+
+
+@pytest.mark.slow
+def test_tvm_host_build_matches_onnxruntime(w8a8, resnet20, images, tmp_path):
+    q, path = w8a8
+    _, example = resnet20
+    report = deploy(q, example, "host", tmp_path, name="w8a8", repeat=5, number=2)
+    assert report["runs_on_host"] and report["latency_s"] > 0
+    # TVM and ONNX Runtime sum in other orders too: quantized models differ by rounding flips (measured 0-0.2%)
+    bound = ORT_TOLERANCE * np.abs(run_onnxruntime(path, example)).max()
+    assert report["tvm_vs_ort_max_abs_diff"] < bound and report["ort_max_abs_diff"] < bound
+    assert report["tvm_target"]["mcpu"] == tvm_build.host_cpu()
+    assert json.loads((tmp_path / "w8a8-host.json").read_text())["library"] == report["library"]
+    lib = tvm_build.load_library(report["library"])  # the .so reloads and gives ONNX Runtime's answer
+    for x in images[1][:4].split(1):  # real CIFAR images
+        got, expected = tvm_build.run(lib, x, tvm_build.host_target()), run_onnxruntime(path, x)
+        assert np.abs(got - expected).max() < ORT_TOLERANCE * np.abs(expected).max()
+        assert got.argmax() == expected.argmax()
+
+
+@pytest.mark.slow
+def test_tvm_builds_for_cpu_avx512(w8a8, resnet20, tmp_path):
+    from picojoule.graph import build_graph
+    from picojoule.spaces.policy import Policy
+
+    q, path = w8a8
+    model, example = resnet20
+    report = deploy(q, example, "cpu-avx512", tmp_path, name="w8a8", graph=build_graph(model, example),
+                    policy=Policy.uniform(8, 8), repeat=5, number=2)
+    assert report["tvm_target"]["mcpu"] == "icelake-server" and report["predicted_latency_s"] > 0
+    target = tvm_build.tvm_target("cpu-avx512")
+    executable = tvm_build.load_library(report["library"])
+    if tvm_build.missing_isa(target):  # this CPU has no AVX-512: refused, not an illegal-instruction crash
+        assert report["latency_s"] is None and not report["runs_on_host"]
+        with pytest.raises(PicojouleError, match="avx512"):
+            tvm_build.run(executable, example, target)
+    else:
+        assert report["latency_s"] > 0
+        assert report["tvm_vs_ort_max_abs_diff"] < ORT_TOLERANCE * np.abs(run_onnxruntime(path, example)).max()
+
+
+@pytest.mark.slow
+def test_tvm_builds_for_cuda_without_gpu(w8a8, resnet20, tmp_path):
+    _, path = w8a8
+    _, example = resnet20
+    executable = tvm_build.compile_onnx(path, "a100", tuple(example.shape))
+    lib = tvm_build.export_library(executable, tmp_path / "a100.so")
+    assert lib.stat().st_size > 100_000
+    assert b"__global__" in lib.read_bytes()  # CUDA kernels inside (source: compiled when loaded on a GPU)
+
+
+@pytest.mark.slow
+def test_pruned_model_builds_and_runs_faster(resnet20, images, tmp_path):
+    apply = pytest.importorskip("picojoule.spaces.apply")
+    from picojoule.graph import build_graph
+    from picojoule.spaces.policy import Policy
+
+    model, example = resnet20
+    graph = build_graph(model, example)
+    policy = Policy.uniform(keep=0.5)
+    pruned, info = apply.apply_policy(model, example, policy, graph)
+    report = deploy(pruned, example, "host", tmp_path, name="keep50", graph=graph, policy=policy, repeat=5, number=2)
+    assert report["ort_max_abs_diff"] < 1e-4 and report["tvm_vs_ort_max_abs_diff"] < 1e-4
+    full = tvm_build.measure_latency(tvm_build.compile_onnx(export_onnx(model, example, tmp_path / "fp32.onnx"),
+                                                            "host", tuple(example.shape)), example, 5, 2)
+    assert report["latency_s"] < 0.6 * full  # a quarter of the MACs; measured ~4.5x faster

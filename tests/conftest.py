@@ -24,3 +24,14 @@ def resnet20_state(shared_data: Path) -> dict:
 
     state = torch.load(shared_data / "models" / "resnet20_cifar10.th", weights_only=True, map_location="cpu")
     return {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small models on a shared 2-core machine: one torch thread is faster, far faster when oversubscribed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ channel counts, accuracy after pruning and after W8A8, and user errors."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,7 @@ RESNET20_ACC = 0.9164  # README of shared/data: ResNet-20 on the 1017 lossless t
 Model = tuple[nn.Module, torch.Tensor, LayerGraph]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Small models on a shared machine: one thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

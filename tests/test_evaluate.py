@@ -19,13 +19,7 @@ from picojoule.search.evaluate import accuracy, evaluate, finetune_kd, reestimat
 Trained = tuple[nn.Module, ArrayDataset, ArrayDataset]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """These models are tiny: one thread is faster, and far faster on an oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +115,7 @@ def test_evaluate_is_deterministic_under_the_seed(digits: Trained) -> None:
                           finetune_steps=15, teacher=teacher, train_data=train, seed=seed)
         return result, model
 
-    (r1, m1), (r2, m2), (r3, m3) = run(0), run(0), run(1)
+    (r1, m1), (r2, m2), (_, m3) = run(0), run(0), run(1)
     assert r1["accuracy"] == r2["accuracy"] and r1["finetune"]["steps"] == 15 and r1["bn_images"] > 0
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert not torch.equal(m1.conv1.weight, m3.conv1.weight)

@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     ap.add_argument("--finetune-seconds", type=float, default=120.0)
     ap.add_argument("--data", type=Path, default=SHARED / "cifar10" / "lossless_subset.npz")
+    ap.add_argument("--policies", nargs="+", help="only these rows (e.g. W8A8 W4A8), to re-measure quickly")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -72,6 +73,8 @@ def main() -> int:
         graph = build_graph(model, x, name=name)
         fp32 = accuracy(model, test)
         for label, (policy, finetune) in policies(graph).items():
+            if args.policies and label not in args.policies:
+                continue
             t = time.perf_counter()
             _, res = evaluate_policy(model, x, policy, test, graph=graph, calib_data=train, train_data=train,
                                      finetune_seconds=args.finetune_seconds if finetune else None)

@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
+    from picojoule.compilers.commands import add_parsers
+
+    add_parsers(sub)  # compile, calibrate
     return parser
 
 

@@ -1,0 +1,219 @@
+"""The ``picojoule compile`` and ``picojoule calibrate`` subcommands; ``add_parsers(sub)`` adds them to the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picojoule.errors import PicojouleError
+
+__all__ = ["add_parsers", "chosen_policy", "run_calibrate", "run_compile"]
+
+#: the first winner link of a search run's report.md (the first objective's winner, the run's chosen policy)
+_WINNER = re.compile(r"\]\((pareto/trial_\d+\.yaml)\)")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def chosen_policy(run_dir: Path) -> Path:
+    """The chosen policy of a search run directory: the first objective's winner in its report.md (or the
+    only policy of its pareto/)."""
+    report = run_dir / "report.md"
+    if report.is_file():
+        text = report.read_text()
+        winners = text.split("## Winners", 1)[-1].split("\n## ", 1)[0]
+        if (m := _WINNER.search(winners)) and (run_dir / m.group(1)).is_file():
+            return run_dir / m.group(1)
+    front = sorted((run_dir / "pareto").glob("trial_*.yaml"))
+    if len(front) == 1:
+        return front[0]
+    raise PicojouleError(f"{run_dir}: not a finished search run (no winner in report.md and {len(front)} policies "
+                         "in pareto/): give a policy file, e.g. one of pareto/trial_*.yaml")
+
+
+def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any, str, str | None, str]:
+    """(policy, model spec, weights, artifact name) of a policy file or a search run directory."""
+    from picojoule.spaces.policy import Policy
+
+    config: dict[str, Any] = {}
+    if source.is_dir():
+        path = chosen_policy(source)
+        if (source / "config.yaml").is_file():
+            config = yaml.safe_load((source / "config.yaml").read_text()) or {}
+    elif source.exists():
+        path = source
+    else:
+        raise PicojouleError(f"{source}: no such policy file or search run directory")
+    policy = Policy.load(path)
+    spec = model or config.get("model") or policy.meta.get("model")
+    if not spec:
+        raise PicojouleError(f"{path}: the policy names no model (field 'model'): give --model")
+    return policy, str(spec), weights or config.get("weights"), path.stem
+
+
+def noise_batches(example: Any, calib_data: str | None) -> tuple[list[Any], str]:
+    if calib_data:
+        from picojoule.data import load_dataset
+
+        data = load_dataset({"source": calib_data, "split": "train"})
+        return [x for x, _ in data.subset(128).batches(32)], f"data: {data.name}"
+    from picojoule.compilers.calibrate import noise_batch
+
+    _say("picojoule: note: no --calib-data: activation ranges come from noise (latency is real, the "
+         "artifact's accuracy is not)")
+    return [noise_batch(example)], "synthetic noise (give --calib-data for a deployable model)"
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    """``picojoule compile``: policy -> compressed model -> ONNX, TVM library and JSON report in --out."""
+    import torch
+
+    from picojoule.compilers import tvm_build
+    from picojoule.compilers.deploy import deploy
+    from picojoule.compilers.report import write_report
+    from picojoule.graph import build_graph
+    from picojoule.hwmodels.target import load_target
+    from picojoule.models import load_torch_model
+    from picojoule.spaces.apply import apply_policy
+    from picojoule.spaces.formats import validate_policy
+    from picojoule.spaces.quantize import calibrate_activations
+
+    torch.set_num_threads(1)
+    spec = None if args.target == tvm_build.HOST else load_target(args.target)
+    policy, model_spec, weights, name = _resolve(Path(args.policy), args.model, args.weights)
+    name = args.name or name
+    _say(f"[1/3] applying {args.policy} to {model_spec}")
+    model, example = load_torch_model(model_spec, weights)
+    graph = build_graph(model, example, name=model_spec)
+    validate_policy(policy, graph, args.policy)
+    compressed, info = apply_policy(model, example, policy, graph)
+    calibration = "not needed (float activations)"
+    if info.needs_calibration:
+        batches, calibration = noise_batches(example, args.calib_data)
+        calibrate_activations(compressed, batches)
+    label = args.target if spec is None else spec.name
+    _say(f"[2/3] exporting ONNX and building with TVM for {label} (tens of seconds)"
+         + ("; timing it if this CPU runs its code" if args.measure else ""))
+    t0 = time.perf_counter()
+    note = None
+    try:
+        report = deploy(compressed, example, args.target, args.out, name=name, graph=graph, policy=policy,
+                        measure=args.measure, repeat=args.repeat, number=args.number)
+    except PicojouleError as exc:
+        if spec is None or spec.tvm is not None:
+            raise
+        note = str(exc)  # a target TVM cannot build for: the ONNX file and the report are its deliverables
+        report = json.loads((Path(args.out) / f"{name}-{label}.json").read_text())
+    report.update(source=str(args.policy), calibration=calibration, build_s=time.perf_counter() - t0)
+    if args.measure and report["latency_s"] is None:
+        _say(f"[3/3] {label}'s code does not run here: building for this CPU ({tvm_build.host_cpu()}) and timing it")
+        executable = tvm_build.compile_onnx(report["onnx"], tvm_build.HOST, tuple(example.shape))
+        report["host_latency_s"] = tvm_build.measure_latency(executable, example, args.repeat, args.number)
+        report["host_cpu"] = tvm_build.host_cpu()
+    elif args.measure:
+        report["host_latency_s"] = report["latency_s"]
+    path = write_report(Path(args.out) / f"{name}-{label}.json", report)
+    if note:
+        _say(f"picojoule: {note}")
+    _print_compile(report, path)
+    return 0
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:.3f} ms"
+
+
+def _print_compile(report: dict[str, Any], path: Path) -> None:
+    print(f"onnx:    {report['onnx']}")
+    print(f"library: {report['library'] or '— (not built: ' + report.get('error', '?') + ')'}")
+    print(f"report:  {path}")
+    if report.get("predicted_latency_s") is not None:
+        print(f"predicted latency on {report['target']}: {_ms(report['predicted_latency_s'])}")
+    if "host_latency_s" in report:
+        print(f"measured latency on this CPU ({report.get('host_cpu', report['target'])}, TVM): "
+              f"{_ms(report['host_latency_s'])}")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """``picojoule calibrate``: sample, build, time and fit; write the calibrated target YAML."""
+    import torch
+
+    from picojoule.compilers.calibrate import (fit_efficiency, measure_policies, runnable_tvm_target,
+                                               sample_policies, write_target_yaml)
+    from picojoule.graph import build_graph
+    from picojoule.hwmodels.target import load_target
+    from picojoule.models import load_torch_model
+
+    torch.set_num_threads(1)
+    target = load_target(args.target)
+    if target.kind != "cpu":
+        raise PicojouleError(f"calibrate: target {target.name} is a {target.kind}: calibration times code on this "
+                             "CPU, so only CPU targets (kind: cpu) can be calibrated")
+    _, where = runnable_tvm_target(target)
+    _say(f"picojoule: building and timing on {where}")
+    model, example = load_torch_model(args.model, args.weights)
+    graph = build_graph(model, example, name=args.model)
+    policies = sample_policies(graph, target, args.policies, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = measure_policies(args.model, args.weights, target, policies, args.workdir or tmp,
+                                    rounds=args.rounds)
+    ok = [m for m in measured if m.measured_s is not None]
+    for m in measured:
+        if m.error:
+            _say(f"picojoule: policy {m.name} skipped: {m.error}")
+    calibrated, stats = fit_efficiency(graph, target, [m.policy for m in ok], [m.measured_s for m in ok],
+                                       holdout=args.holdout, seed=args.seed, names=[m.name for m in ok],
+                                       measured_on=where)
+    out = Path(args.out or f"{target.name}-calibrated.yaml")
+    write_target_yaml(calibrated, out, stats)
+    fit_json = out.with_suffix(".fit.json")
+    fit_json.write_text(json.dumps({"stats": stats.to_dict(), "measurements": [m.to_dict() for m in measured]},
+                                   indent=2) + "\n")
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+    else:
+        print(stats.summary())
+        print("efficiency: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.efficiency.items())
+              + f"; layer overhead {stats.layer_overhead_s * 1e6:.2f} us; mode rates "
+              + ", ".join(f"{k} {v:.3g}" for k, v in stats.mode_rates.items()))
+        print(f"calibrated target: {out} (measurements: {fit_json})")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``compile`` and ``calibrate`` to the CLI's subparsers."""
+    p = sub.add_parser("compile", help="build a policy (or a search run's chosen policy) into ONNX + TVM library")
+    p.add_argument("policy", metavar="POLICY_OR_RUN_DIR",
+                   help="policy YAML/JSON, or a search run directory (its first objective's winner)")
+    p.add_argument("--target", required=True, help="target name or .yaml ('host': this CPU)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--model", help="model (default: the policy's or the run's 'model')")
+    p.add_argument("--weights", help="pretrained weights (default: the run's; none: seeded random weights)")
+    p.add_argument("--calib-data", help="dataset for activation ranges of quantized layers (.npz, folder, hook)")
+    p.add_argument("--name", help="artifact file name stem (default: the policy file's stem)")
+    p.add_argument("--measure", action="store_true", help="time the model on this CPU beside the prediction")
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats (median) with --measure")
+    p.add_argument("--number", type=int, default=3, help="calls per repeat with --measure")
+    p.set_defaults(func=run_compile)
+    p = sub.add_parser("calibrate", help="fit a CPU target's efficiencies to TVM latencies measured on this CPU")
+    p.add_argument("--target", required=True, help="CPU target name or .yaml (cpu-avx512, host-znver3, ...)")
+    p.add_argument("--model", required=True, help="zoo name, 'digits' or 'package.module:function'")
+    p.add_argument("--weights", help="pretrained weights (latency does not depend on them)")
+    p.add_argument("--policies", type=int, default=24, help="policies to sample, build and time")
+    p.add_argument("--holdout", type=float, default=0.25, help="share held out for the statistics (0: leave-one-out)")
+    p.add_argument("--rounds", type=int, default=3, help="timing passes over all policies (each keeps its fastest)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="calibrated target YAML (default: <target>-calibrated.yaml)")
+    p.add_argument("--workdir", help="keep the ONNX files here (default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="print the fit statistics as JSON")
+    p.set_defaults(func=run_calibrate)

@@ -1,0 +1,224 @@
+"""Calibration of a CPU target against TVM builds timed on this machine, and the compile/calibrate commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from picojoule.compilers.calibrate import (fit_efficiency, measure_policies, predict_latency, sample_policies,
+                                           write_target_yaml)
+from picojoule.errors import PicojouleError
+from picojoule.graph import build_graph
+from picojoule.hwmodels.costs import price
+from picojoule.hwmodels.target import OP_KINDS, Target, load_target
+from picojoule.spaces.policy import Policy
+
+torch.set_num_threads(1)
+tvm = pytest.importorskip("tvm")
+
+from picojoule.compilers import tvm_build  # noqa: E402  (needs tvm)
+from picojoule.compilers.calibrate import runnable_tvm_target  # noqa: E402
+from picojoule.compilers.commands import _resolve, add_parsers, chosen_policy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return build_graph("resnet20")
+
+
+@pytest.fixture(scope="module")
+def host() -> Target:
+    return load_target("host-znver3")
+
+
+def _truth(target: Target, scale: float, int8_rate: float, overhead: float) -> Target:
+    """``target`` with its efficiencies x ``scale``, its 8-bit mode at ``int8_rate`` x its peak, ``overhead``."""
+    c = target.compute
+    modes = [m.model_copy(update={"peak_macs_per_s": m.peak_macs_per_s * int8_rate}) if m.bits == 8 else m
+             for m in c.modes]
+    compute = c.model_copy(update={"efficiency": {k: v * scale for k, v in c.efficiency.items()},
+                                   "layer_overhead_s": overhead, "modes": modes})
+    return target.model_copy(update={"compute": compute})
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _policy_file(tmp_path: Path, name: str = "keep50.yaml", **default) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"model": "resnet20", "default": default or {"keep": 0.5}}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ fast
+
+
+def test_host_target_describes_this_cpu(host):
+    assert host.tvm is not None and host.tvm.mcpu == "znver3"
+    assert host.peak_macs_per_s(8) == pytest.approx(2 * host.peak_macs_per_s(32))  # AVX2 int8 ~ 2x fp32
+    if tvm_build.host_cpu() == "znver3":
+        assert tvm_build.missing_isa(tvm_build.tvm_target(host)) == []
+        assert runnable_tvm_target(host)[0].attrs["mcpu"] == "znver3"
+
+
+def test_target_code_this_cpu_cannot_run_is_timed_on_the_host():
+    tgt, why = runnable_tvm_target(load_target("cpu-avx512"))
+    if tvm_build.missing_isa(tvm_build.tvm_target("cpu-avx512")):
+        assert tgt.attrs["mcpu"] == tvm_build.host_cpu() and "avx512" in why and "not on cpu-avx512" in why
+    assert runnable_tvm_target(load_target("edge-npu"))[0].attrs["mcpu"] == tvm_build.host_cpu()
+
+
+def test_sampled_policies_are_diverse(graph, host):
+    policies = sample_policies(graph, host, 16, seed=0)
+    names = [p.meta["name"] for p in policies]
+    assert len(set(names)) == 16 and names[:2] == ["fp32", "w8a8"]
+    macs = price(graph, host, policies).total_macs
+    assert macs.max() == macs[0] and macs.max() / macs.min() > 3  # from the full model to heavily pruned
+    assert any(lp.rank > 0 for p in policies for lp in p.layers.values())
+    assert any(p.for_layer("layer1.0.conv1").w_bits == 32 for p in policies[5:])  # float samples too
+    assert [p.meta["name"] for p in sample_policies(graph, host, 16, seed=0)] == names
+
+
+def test_fit_recovers_a_known_target(graph, host):
+    truth = _truth(host, scale=0.03, int8_rate=0.5, overhead=2e-6)
+    policies = sample_policies(graph, host, 20, seed=1)
+    measured = predict_latency(graph, truth, policies)
+    calibrated, stats = fit_efficiency(graph, host, policies, measured, holdout=0.25, seed=0)
+    assert stats.n_test == 5 and stats.n_train == 15 and stats.method == "holdout"
+    assert stats.mape_before > 0.5 and stats.mape_after < 0.01 and stats.spearman_after == pytest.approx(1.0)
+    assert calibrated.compute.efficiency["conv"] == pytest.approx(0.03 * host.compute.efficiency["conv"], rel=0.02)
+    assert stats.mode_rates["int8-avx2"] == pytest.approx(0.5, rel=0.02)
+    assert calibrated.peak_macs_per_s(8) >= calibrated.peak_macs_per_s(32)  # never slower than float
+    # the fitted model is the cost model: price() with the calibrated target gives the same latencies
+    np.testing.assert_allclose(price(graph, calibrated, policies).total_latency_s,
+                               predict_latency(graph, calibrated, policies), rtol=1e-12)
+    assert all(0 < v <= 1 for v in calibrated.compute.efficiency.values())
+
+
+def test_calibrated_yaml_round_trips(graph, host, tmp_path):
+    policies = sample_policies(graph, host, 8, seed=2)
+    measured = predict_latency(graph, _truth(host, 0.05, 0.6, 1e-6), policies)
+    calibrated, stats = fit_efficiency(graph, host, policies, measured, holdout=0)  # leave-one-out
+    assert stats.method == "loo" and stats.n_test == 8
+    path = write_target_yaml(calibrated, tmp_path / "cal.yaml", stats)
+    text = path.read_text()
+    assert text.startswith("# Calibrated by 'picojoule calibrate'") and "resnet20, 8 policies" in text
+    assert "Spearman" in text and stats.date in text
+    loaded = load_target(path)
+    assert loaded == calibrated and loaded.name == "host-znver3-calibrated"
+    assert set(loaded.compute.efficiency) == set(OP_KINDS)
+    assert f"MAPE {100 * stats.mape_after:.1f}%" in loaded.compute.source
+
+
+def test_fit_rejects_bad_input(graph, host):
+    policies = sample_policies(graph, host, 4)
+    with pytest.raises(PicojouleError, match="need >= 3 policies") as info:
+        fit_efficiency(graph, host, policies[:2], [0.01, 0.02])
+    assert "\n" not in str(info.value)
+    with pytest.raises(PicojouleError, match="holdout"):
+        fit_efficiency(graph, host, policies, [0.01] * 4, holdout=1.0)
+    with pytest.raises(PicojouleError, match="only CPU targets"):
+        _run(["calibrate", "--target", "a100", "--model", "resnet20"])
+
+
+def test_run_directory_gives_its_chosen_policy(tmp_path):
+    run = tmp_path / "run"
+    (run / "pareto").mkdir(parents=True)
+    for n, keep in ((3, 0.5), (7, 0.75)):
+        Policy.uniform(8, 8, keep).save(run / "pareto" / f"trial_0000{n}.yaml")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "resnet20", "weights": "w.th"}))
+    (run / "report.md").write_text("# run\n\n## Winners\n\n| objective | trial |\n|---|---|\n"
+                                   "| minimise latency | [7](pareto/trial_00007.yaml) |\n"
+                                   "| maximise accuracy | [3](pareto/trial_00003.yaml) |\n\n## Pareto front\n")
+    policy, model, weights, name = _resolve(run, None, None)
+    assert (model, weights, name) == ("resnet20", "w.th", "trial_00007") and policy.default.keep == 0.75
+    (run / "report.md").unlink()
+    with pytest.raises(PicojouleError, match="not a finished search run"):
+        chosen_policy(run)
+    with pytest.raises(PicojouleError, match="names no model"):
+        _resolve(_anon(tmp_path), None, None)
+
+
+def _anon(tmp_path: Path) -> Path:
+    path = tmp_path / "anon.yaml"
+    Policy.uniform(keep=0.5).save(path)
+    return path
+
+
+def test_compile_for_edge_npu_keeps_the_onnx(shared_data, tmp_path, capsys):
+    policy = _policy_file(tmp_path, "w8a8.yaml", w_bits=8, a_bits=8)
+    out = tmp_path / "npu"
+    weights = str(shared_data / "models" / "resnet20_cifar10.th")
+    assert _run(["compile", str(policy), "--target", "edge-npu", "--out", str(out), "--weights", weights]) == 0
+    err = capsys.readouterr().err
+    assert "TVM cannot build for edge-npu" in err and "w8a8.onnx" in err
+    assert (out / "w8a8.onnx").is_file() and not list(out.glob("*.so"))
+    report = json.loads((out / "w8a8-edge-npu.json").read_text())
+    assert report["library"] is None and report["predicted_latency_s"] > 0 and "noise" in report["calibration"]
+
+
+# ------------------------------------------------------------------------------------------ real builds
+
+
+@pytest.mark.slow
+def test_compile_policy_yaml_writes_onnx_library_and_report(shared_data, tmp_path, capsys):
+    policy = _policy_file(tmp_path)
+    out = tmp_path / "out"
+    weights = str(shared_data / "models" / "resnet20_cifar10.th")
+    assert _run(["compile", str(policy), "--target", "host-znver3", "--out", str(out), "--weights", weights,
+                 "--measure", "--repeat", "3", "--number", "1"]) == 0
+    assert "measured latency on this CPU" in capsys.readouterr().out
+    report = json.loads((out / "keep50-host-znver3.json").read_text())
+    assert Path(report["onnx"]).is_file() and Path(report["library"]).stat().st_size > 10_000
+    assert report["tvm_target"]["mcpu"] == "znver3" and report["policy"]["default"]["keep"] == 0.5
+    assert report["latency_s"] > 0 and report["host_latency_s"] == report["latency_s"]
+    assert report["predicted_latency_s"] > 0 and report["tvm_vs_ort_max_abs_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_calibration_on_measured_resnet20_lowers_the_error(shared_data, graph, host, tmp_path):
+    """8 real policies (5 baselines, 3 samples) built and timed; leave-one-out: each predicted without it."""
+    weights = str(shared_data / "models" / "resnet20_cifar10.th")
+    policies = sample_policies(graph, host, 8, seed=0)
+    measured = measure_policies("resnet20", weights, host, policies, tmp_path, repeat=3, number=1, rounds=2,
+                                progress=False)
+    assert all(m.error is None and m.measured_s > 0 for m in measured)
+    fp32, w8a8, fp32_half = (m.measured_s for m in measured[:3])
+    assert fp32_half < 0.5 * fp32  # pruning pays: keep 0.5 is a quarter of the MACs
+    assert w8a8 > 0.7 * fp32  # Q/DQ runs as float: no int8 speed-up
+    calibrated, stats = fit_efficiency(graph, host, policies, [m.measured_s for m in measured], holdout=0)
+    assert stats.mape_after < 0.5 * stats.mape_before and stats.mape_after < 0.25
+    assert stats.spearman_after > 0.8 and stats.spearman_after >= stats.spearman_before
+    assert stats.mode_rates["int8-avx2"] < 0.8  # the fit learns that 8-bit runs near float speed here
+    assert load_target(write_target_yaml(calibrated, tmp_path / "cal.yaml", stats)) == calibrated
+
+
+def _cli_has(command: str) -> bool:
+    from picojoule.cli import build_parser
+
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return any(command in a.choices for a in actions)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cli_has("compile"), reason="picojoule/cli.py does not call commands.add_parsers yet")
+def test_cli_compile_subprocess(shared_data, tmp_path):
+    policy = _policy_file(tmp_path)
+    out = tmp_path / "cli"
+    weights = str(shared_data / "models" / "resnet20_cifar10.th")
+    proc = subprocess.run([sys.executable, "-m", "picojoule", "compile", str(policy), "--target", "host-znver3",
+                           "--out", str(out), "--weights", weights], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} >= {"keep50.onnx", "keep50-host-znver3.so", "keep50-host-znver3.json"}

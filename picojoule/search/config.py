@@ -13,8 +13,8 @@
     objectives: [maximise accuracy, minimise energy]     # accuracy, energy, latency, size, co2e, macs, params
     constraints: ["energy <= 0.5 * uniform_int8", "accuracy_drop <= 1"]   # see picojoule.search.constraints
     space: {defaults: {keep: [0.5, 0.75, 1.0]}}          # overrides, see picojoule.spaces.space
-    strategy: nsga2               # nsga2 | tpe | gp | random
-    strategy_options: {population_size: 16}              # keyword arguments of the Optuna sampler
+    strategy: nsga2               # nsga2 | tpe | gp | random | ddpg
+    strategy_options: {population_size: 16}              # keyword arguments of the Optuna sampler (ddpg: DDPGOptions)
     trials: 200
     evaluation: {calibration_images: 256, finetune_steps: 0, test_images: null}
     warm_start: [uniform_int8]    # baselines tried first
@@ -39,7 +39,7 @@ from picojoule.search.constraints import ConstraintProgram
 from picojoule.search.metrics import METRICS, OBJECTIVE_METRICS
 
 DIGITS = "digits"
-STRATEGIES = ("nsga2", "tpe", "gp", "random")
+STRATEGIES = ("nsga2", "tpe", "gp", "random", "ddpg")
 _HOOK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _DIRECTIONS = {"maximise": True, "maximize": True, "max": True, "minimise": False, "minimize": False, "min": False}
 #: fields a resumed run may change; every other field must match the run's saved config

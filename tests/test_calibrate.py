@@ -39,13 +39,14 @@ def host() -> Target:
     return load_target("host-znver3")
 
 
-def _truth(target: Target, scale: float, int8_rate: float, overhead: float) -> Target:
-    """``target`` with its efficiencies x ``scale``, its 8-bit mode at ``int8_rate`` x its peak, ``overhead``."""
+def _truth(target: Target, scale: float, int8_rate: float, overhead: float, exponent: float = 0.0) -> Target:
+    """``target`` with its efficiencies x ``scale``, its 8-bit mode at ``int8_rate`` x its peak, ``overhead``
+    and channel exponent ``exponent``."""
     c = target.compute
     modes = [m.model_copy(update={"peak_macs_per_s": m.peak_macs_per_s * int8_rate}) if m.bits == 8 else m
              for m in c.modes]
     compute = c.model_copy(update={"efficiency": {k: v * scale for k, v in c.efficiency.items()},
-                                   "layer_overhead_s": overhead, "modes": modes})
+                                   "layer_overhead_s": overhead, "modes": modes, "channel_exponent": exponent})
     return target.model_copy(update={"compute": compute})
 
 
@@ -92,7 +93,7 @@ def test_sampled_policies_are_diverse(graph, host):
 
 
 def test_fit_recovers_a_known_target(graph, host):
-    truth = _truth(host, scale=0.03, int8_rate=0.5, overhead=2e-6)
+    truth = _truth(host, scale=0.03, int8_rate=0.5, overhead=2e-6, exponent=0.4)
     policies = sample_policies(graph, host, 20, seed=1)
     measured = predict_latency(graph, truth, policies)
     calibrated, stats = fit_efficiency(graph, host, policies, measured, holdout=0.25, seed=0)
@@ -100,6 +101,8 @@ def test_fit_recovers_a_known_target(graph, host):
     assert stats.mape_before > 0.5 and stats.mape_after < 0.01 and stats.spearman_after == pytest.approx(1.0)
     assert calibrated.compute.efficiency["conv"] == pytest.approx(0.03 * host.compute.efficiency["conv"], rel=0.02)
     assert stats.mode_rates["int8-avx2"] == pytest.approx(0.5, rel=0.02)
+    assert stats.channel_exponent == pytest.approx(0.4, abs=0.01)
+    assert calibrated.compute.channel_exponent == stats.channel_exponent
     assert calibrated.peak_macs_per_s(8) >= calibrated.peak_macs_per_s(32)  # never slower than float
     # the fitted model is the cost model: price() with the calibrated target gives the same latencies
     np.testing.assert_allclose(price(graph, calibrated, policies).total_latency_s,

@@ -6,14 +6,15 @@
 2. :func:`measure_policies`: each policy applied, exported to ONNX, built with TVM for this CPU (the
    target's own ``tvm`` section when this CPU runs its code, else the host) and timed, beside the cost
    model's prediction.
-3. :func:`fit_efficiency`: the target's ``compute.efficiency`` per op kind, ``layer_overhead_s`` and the
-   effective rate of each narrower compute mode fitted so that the roofline's whole-model latency matches
+3. :func:`fit_efficiency`: the target's ``compute.efficiency`` per op kind, ``layer_overhead_s``,
+   ``channel_exponent`` and the effective rate of each narrower compute mode fitted so that the roofline's whole-model latency matches
    the measurements (least squares on log latency), with Spearman and MAPE before and after on held-out
    policies.
 4. :func:`write_target_yaml`: the calibrated target as a YAML file ``load_target`` reads back.
 
-The roofline latency of a layer is ``max(compute / (eff_kind * rate_mode), memory) + overhead``, where
-``compute`` is its work at the mode's datasheet peak. TVM lowers QuantizeLinear/DequantizeLinear to float
+The roofline latency of a layer is ``max(compute * (width / ref)^beta / (eff_kind * rate_mode), memory) +
+overhead``, where ``compute`` is its work at the mode's datasheet peak and ``width`` the geometric mean of its
+kept input and output channels (untuned TVM code slows per MAC as layers widen: beta about 0.4 here). TVM lowers QuantizeLinear/DequantizeLinear to float
 arithmetic, so an 8-bit mode may run no faster than float: its *effective* peak (``rate_mode`` x datasheet,
 kept between the next wider mode's effective peak and its own datasheet peak) is what the calibrated
 target states for it, its source saying so.
@@ -201,17 +202,23 @@ class _Terms:
     floor: np.ndarray  # (N, L) s: max(compute, memory) = the latency at efficiency 1, no overhead
     kind: np.ndarray  # (L,) op-kind index
     mode: np.ndarray  # (N, L) compute-mode index
+    width: np.ndarray  # (N, L) channel width / the target's reference_channels
 
-    def latency(self, eff: np.ndarray, overhead: float, rate: np.ndarray) -> np.ndarray:
-        """(N,) whole-model latency: sum over layers of max(compute / (eff * rate), memory) + overhead.
-        (max(c / e, max(c, m)) = max(c / e, m) for e <= 1.)"""
-        t = np.maximum(self.compute / (eff[self.kind][None, :] * rate[self.mode]), self.floor)
+    def rows(self, rows: np.ndarray) -> _Terms:
+        return _Terms(self.compute[rows], self.floor[rows], self.kind, self.mode[rows], self.width[rows])
+
+    def latency(self, eff: np.ndarray, overhead: float, rate: np.ndarray, beta: float) -> np.ndarray:
+        """(N,) whole-model latency: sum over layers of max(compute * width^beta / (eff * rate), memory) +
+        overhead. (max(c / e, max(c, m)) = max(c / e, m) for e <= 1 and a scale >= 1; the fit keeps it close.)"""
+        scale = self.width ** beta
+        t = np.maximum(self.compute * scale / (eff[self.kind][None, :] * rate[self.mode]), self.floor)
         return t.sum(axis=1) + overhead * self.compute.shape[1]
 
 
 def _ideal(target: Target) -> Target:
-    """``target`` with efficiency 1 for every op kind and no per-layer overhead."""
-    compute = target.compute.model_copy(update={"efficiency": dict.fromkeys(OP_KINDS, 1.0), "layer_overhead_s": 0.0})
+    """``target`` with efficiency 1 for every op kind, no channel-width scale and no per-layer overhead."""
+    compute = target.compute.model_copy(update={"efficiency": dict.fromkeys(OP_KINDS, 1.0), "layer_overhead_s": 0.0,
+                                                "channel_exponent": 0.0})
     return target.model_copy(update={"compute": compute})
 
 
@@ -220,14 +227,16 @@ def _terms(graph: LayerGraph, target: Target, policies: Sequence[Policy]) -> _Te
     ga, pb = graph_arrays(graph), policy_batch(graph, list(policies))
     wl = workload(ga, ideal, pb)
     widths = np.asarray([m.bits for m in target.compute.modes], dtype=np.float64)
+    width = np.sqrt(np.maximum(wl.m * wl.c, 1.0)) / target.compute.reference_channels
     return _Terms(compute_time(ga, ideal, wl), price(graph, ideal, pb).latency_s, ga.kind,
-                  np.searchsorted(widths, wl.mode_bits))
+                  np.searchsorted(widths, wl.mode_bits), width)
 
 
-def _params(target: Target) -> tuple[np.ndarray, float, np.ndarray]:
-    """(efficiency per OP_KINDS, overhead, rate per mode = 1) of ``target``."""
+def _params(target: Target) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """(efficiency per OP_KINDS, overhead, rate per mode = 1, channel exponent) of ``target``."""
     eff = np.asarray([target.compute.efficiency[k] for k in OP_KINDS])
-    return eff, target.compute.layer_overhead_s, np.ones(len(target.compute.modes))
+    c = target.compute
+    return eff, c.layer_overhead_s, np.ones(len(c.modes)), c.channel_exponent
 
 
 def predict_latency(graph: LayerGraph, target: Target, policies: Sequence[Policy]) -> np.ndarray:
@@ -257,6 +266,7 @@ class FitStats:
     efficiency: dict[str, float]
     layer_overhead_s: float
     mode_rates: dict[str, float]  # effective / datasheet peak of each mode
+    channel_exponent: float = 0.0
     test_names: list[str] = field(default_factory=list)
     measured_on: str = "this CPU"
     date: str = field(default_factory=lambda: date.today().isoformat())
@@ -290,8 +300,8 @@ def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
 
 class _Fit:
     """Least squares on log latency over the free parameters: log efficiency of each op kind the graph
-    has, the overhead (µs) and, for each narrower mode the policies use, t in [0, 1]: its effective peak
-    is the next wider used mode's effective peak x (own datasheet peak / that)^t."""
+    has, the overhead (µs), for each narrower mode the policies use t in [0, 1] (its effective peak
+    is the next wider used mode's effective peak x (own datasheet peak / that)^t), and the channel exponent."""
 
     def __init__(self, target: Target, terms: _Terms) -> None:
         self.target, self.terms = target, terms
@@ -299,48 +309,50 @@ class _Fit:
         self.kinds = sorted({int(k) for k in terms.kind[(terms.compute > 0).any(axis=0)]})
         self.used = sorted({int(m) for m in np.unique(terms.mode)}, reverse=True)  # widest first
 
-    def unpack(self, x: np.ndarray, eff0: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    def unpack(self, x: np.ndarray, eff0: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, float]:
         eff = eff0.copy()
         eff[self.kinds] = np.exp(x[: len(self.kinds)])
         overhead = x[len(self.kinds)] * 1e-6
         effective = self.peaks.copy()  # the widest used mode: its datasheet peak
-        for wider, m, t in zip(self.used, self.used[1:], x[len(self.kinds) + 1:]):
+        for wider, m, t in zip(self.used, self.used[1:], x[len(self.kinds) + 1:-1]):
             effective[m] = effective[wider] * (self.peaks[m] / effective[wider]) ** t
         for m in range(len(self.peaks) - 2, -1, -1):  # unused modes, wide to narrow: between their neighbours
             if m not in self.used:
                 cap = min((effective[u] for u in self.used if u < m), default=self.peaks[m])
                 effective[m] = max(min(self.peaks[m], cap), effective[m + 1])
-        return eff, overhead, effective / self.peaks
+        return eff, overhead, effective / self.peaks, float(x[-1])
 
     def run(self, meas: np.ndarray, rows: np.ndarray, eff0: np.ndarray, overhead0: float
-            ) -> tuple[np.ndarray, float, np.ndarray]:
+            ) -> tuple[np.ndarray, float, np.ndarray, float]:
         from scipy.optimize import least_squares
 
         nk, nm = len(self.kinds), len(self.used) - 1
-        x0 = np.concatenate([np.log(eff0[self.kinds]), [overhead0 * 1e6], np.full(nm, 0.5)])
-        sub = _Terms(self.terms.compute[rows], self.terms.floor[rows], self.terms.kind, self.terms.mode[rows])
+        x0 = np.concatenate([np.log(eff0[self.kinds]), [overhead0 * 1e6], np.full(nm, 0.5),
+                             [self.target.compute.channel_exponent]])
+        sub = self.terms.rows(rows)
         top = float(meas[rows].min()) / self.terms.compute.shape[1] * 1e6
 
         def residuals(x: np.ndarray) -> np.ndarray:
             pred = sub.latency(*self.unpack(x, eff0))
             return np.concatenate([np.log(pred) - np.log(meas[rows]), math.sqrt(RIDGE) * (x[:nk] - x0[:nk])])
 
-        lo = np.concatenate([np.full(nk, math.log(EFF_FLOOR)), [0.0], np.zeros(nm)])
-        hi = np.concatenate([np.zeros(nk), [max(top, 1e-9)], np.ones(nm)])
+        lo = np.concatenate([np.full(nk, math.log(EFF_FLOOR)), [0.0], np.zeros(nm), [-1.0]])
+        hi = np.concatenate([np.zeros(nk), [max(top, 1e-9)], np.ones(nm), [1.0]])
         x0 = np.clip(x0, lo, hi)
         return self.unpack(least_squares(residuals, x0, bounds=(lo, hi)).x, eff0)
 
 
 def _start(terms: _Terms, target: Target, meas: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
     """The target's efficiencies times one factor that matches the geometric mean of the measurements."""
-    eff, overhead, rate = _params(target)
+    eff, overhead, rate, beta = _params(target)
     for _ in range(3):
-        ratio = math.exp(np.mean(np.log(terms.latency(eff, overhead, rate)[rows] / meas[rows])))
+        ratio = math.exp(np.mean(np.log(terms.latency(eff, overhead, rate, beta)[rows] / meas[rows])))
         eff = np.clip(eff * ratio, EFF_FLOOR, 1.0)
     return eff, overhead
 
 
-def _calibrated(target: Target, eff: np.ndarray, overhead: float, rate: np.ndarray, stats: FitStats) -> Target:
+def _calibrated(target: Target, eff: np.ndarray, overhead: float, rate: np.ndarray, beta: float,
+                stats: FitStats) -> Target:
     note = (f"calibrated {stats.date} with picojoule calibrate: {stats.model}, {stats.n_policies} policies "
             f"built with TVM and timed on {stats.measured_on}; held-out Spearman {stats.spearman_after:.3f}, "
             f"MAPE {100 * stats.mape_after:.1f}%")
@@ -350,7 +362,7 @@ def _calibrated(target: Target, eff: np.ndarray, overhead: float, rate: np.ndarr
         for m, r in zip(target.compute.modes, rate)]
     compute = target.compute.model_copy(update={
         "efficiency": {k: float(v) for k, v in zip(OP_KINDS, eff)}, "layer_overhead_s": float(overhead),
-        "modes": modes, "source": f"{note}. Before calibration: {target.compute.source}"})
+        "channel_exponent": beta, "modes": modes, "source": f"{note}. Before calibration: {target.compute.source}"})
     data = target.model_copy(update={"compute": compute}).model_dump()
     data["name"] = target.name if target.name.endswith("-calibrated") else f"{target.name}-calibrated"
     data["description"] = f"{target.description} (calibrated {stats.date})"
@@ -370,7 +382,7 @@ def _split(n: int, holdout: float, seed: int) -> list[tuple[np.ndarray, np.ndarr
 def fit_efficiency(graph: LayerGraph, target: Target | str, policies: Sequence[Policy],
                    measured: Sequence[float], holdout: float = 0.25, seed: int = 0,
                    names: Sequence[str] | None = None, measured_on: str = "this CPU") -> tuple[Target, FitStats]:
-    """Fit ``target``'s efficiencies, per-layer overhead and narrower modes' effective rates to the measured
+    """Fit ``target``'s efficiencies, per-layer overhead, channel exponent and narrower modes' effective rates to the measured
     whole-model latencies (s) of ``policies`` on ``graph``; returns the calibrated target and its statistics.
 
     ``holdout`` in (0, 1): that share of the policies (seeded) is held out, the returned target is fitted on
@@ -397,18 +409,18 @@ def fit_efficiency(graph: LayerGraph, target: Target | str, policies: Sequence[P
     train = np.setdiff1d(np.arange(len(meas)), test) if holdout else np.arange(len(meas))
     if not holdout:
         params = fit.run(meas, train, *_start(terms, target, meas, train))
-    eff, overhead, rate = params
+    eff, overhead, rate, beta = params
     labels = list(names) if names is not None else [str(p.meta.get("name", i)) for i, p in enumerate(policies)]
     stats = FitStats(
         model=graph.name, target=target.name, method="holdout" if holdout else "loo", n_policies=len(meas),
         n_train=len(train) if holdout else len(meas) - 1, n_test=len(test),
         spearman_before=_spearman(before[test], meas[test]), spearman_after=_spearman(pred[test], meas[test]),
         mape_before=_mape(before[test], meas[test]), mape_after=_mape(pred[test], meas[test]),
-        mape_train=_mape(terms.latency(eff, overhead, rate)[train], meas[train]),
+        mape_train=_mape(terms.latency(eff, overhead, rate, beta)[train], meas[train]),
         efficiency={k: float(v) for k, v in zip(OP_KINDS, eff)}, layer_overhead_s=float(overhead),
-        mode_rates={m.name: float(r) for m, r in zip(target.compute.modes, rate)},
+        mode_rates={m.name: float(r) for m, r in zip(target.compute.modes, rate)}, channel_exponent=beta,
         test_names=[labels[i] for i in test], measured_on=measured_on)
-    return _calibrated(target, eff, overhead, rate, stats), stats
+    return _calibrated(target, eff, overhead, rate, beta, stats), stats
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -425,7 +437,8 @@ def write_target_yaml(target: Target, path: str | Path, stats: FitStats | None =
                   f"policies built with TVM\n# and timed on {stats.measured_on}; {stats.split}.\n"
                   f"# Spearman {stats.spearman_before:.3f} -> {stats.spearman_after:.3f}; MAPE {100 * stats.mape_before:.1f}% -> "
                   f"{100 * stats.mape_after:.1f}% (train {100 * stats.mape_train:.1f}%).\n"
-                  f"# efficiency: {eff}; layer overhead {stats.layer_overhead_s * 1e6:.2f} us.\n")
+                  f"# efficiency: {eff}; layer overhead {stats.layer_overhead_s * 1e6:.2f} us; channel exponent "
+                  f"{stats.channel_exponent:.3f}.\n")
     body = yaml.safe_dump(target.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=120)
     path.write_text(header + body)
     return path

@@ -108,7 +108,7 @@ def run_compile(args: argparse.Namespace) -> int:
     note = None
     try:
         report = deploy(compressed, example, args.target, args.out, name=name, graph=graph, policy=policy,
-                        measure=args.measure, repeat=args.repeat, number=args.number)
+                        measure=args.measure, repeat=args.repeat, number=args.number, tune_trials=args.tune_trials)
     except PicojouleError as exc:
         if spec is None or spec.tvm is not None:
             raise
@@ -184,7 +184,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     else:
         print(stats.summary())
         print("efficiency: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.efficiency.items())
-              + f"; layer overhead {stats.layer_overhead_s * 1e6:.2f} us; mode rates "
+              + f"; layer overhead {stats.layer_overhead_s * 1e6:.2f} us; channel exponent {stats.channel_exponent:.3f}"
+              + "; mode rates "
               + ", ".join(f"{k} {v:.3g}" for k, v in stats.mode_rates.items()))
         print(f"calibrated target: {out} (measurements: {fit_json})")
     return 0
@@ -204,6 +205,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--measure", action="store_true", help="time the model on this CPU beside the prediction")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats (median) with --measure")
     p.add_argument("--number", type=int, default=3, help="calls per repeat with --measure")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="MetaSchedule tuning trials in all (0: untuned; llvm code this CPU runs; minutes per 64)")
     p.set_defaults(func=run_compile)
     p = sub.add_parser("calibrate", help="fit a CPU target's efficiencies to TVM latencies measured on this CPU")
     p.add_argument("--target", required=True, help="CPU target name or .yaml (cpu-avx512, host-znver3, ...)")

@@ -60,11 +60,20 @@ def _sparse_factor(pattern: str, sparsity: np.ndarray) -> np.ndarray:
     return np.ones_like(sparsity)
 
 
+def channel_scale(wl: Workload, exponent: float, reference: int) -> np.ndarray | float:
+    """(N, L) factor on compute time for each layer's width: (sqrt(kept in x kept out channels) / reference)^exponent."""
+    if exponent == 0:
+        return 1.0
+    return (np.sqrt(np.maximum(wl.m * wl.c, 1.0)) / reference) ** exponent
+
+
 def compute_time(ga: GraphArrays, target: Target, wl: Workload) -> np.ndarray:
-    """Seconds of compute per layer at the layer's mode and the target's efficiency for its op kind."""
-    eff = np.asarray([target.compute.efficiency[k] for k in OP_KINDS])[ga.kind]
+    """Seconds of compute per layer at the layer's mode, the target's efficiency for its op kind and the
+    layer's channel-width scale."""
+    c = target.compute
+    eff = np.asarray([c.efficiency[k] for k in OP_KINDS])[ga.kind]
     work = wl.macs * _sparse_factor(target.sparsity.skips, wl.sparsity) + wl.ops
-    return work / (wl.peak_macs_per_s * eff)
+    return work / (wl.peak_macs_per_s * eff) * channel_scale(wl, c.channel_exponent, c.reference_channels)
 
 
 def compute_energy(target: Target, wl: Workload) -> np.ndarray:

@@ -10,10 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from picojoule.errors import PicojouleError
+from picojoule.yamlfile import read_yaml, validated
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 
@@ -52,6 +52,13 @@ class Compute(_Strict):
         description="fraction of peak reached per op kind (calibrated from measurements)"
     )
     layer_overhead_s: float = Field(ge=0, description="fixed cost per layer: kernel launch, loop set-up")
+    channel_exponent: float = Field(
+        default=0.0, ge=-1, le=1,
+        description="compute time scales by (channels / reference_channels)^channel_exponent, channels being the "
+        "geometric mean of a layer's kept input and output channels: > 0 where wide layers fall out of cache "
+        "(untuned CPU code), < 0 where narrow ones underfill vector lanes or PEs; 0: efficiency by op kind only",
+    )
+    reference_channels: int = Field(default=32, ge=1, description="channel count at which the efficiency holds as stated")
     source: str = Field(min_length=3)
 
     @model_validator(mode="after")
@@ -165,7 +172,7 @@ class Target(_Strict):
         return self.mode_for(bits).peak_macs_per_s
 
 
-def _format_error(path: Path, err: ValidationError) -> str:
+def _format_error(path: str, err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     return f"{path}: field '{field}': {first['msg']}"
@@ -173,21 +180,7 @@ def _format_error(path: Path, err: ValidationError) -> str:
 
 def load_target_file(path: str | Path) -> Target:
     """Load and validate one target YAML file; a bad file gives a one-line error naming it and the field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PicojouleError(f"{path}: target file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise PicojouleError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise PicojouleError(f"{path}: expected a mapping of target fields, got {type(data).__name__}")
-    try:
-        return Target.model_validate(data)
-    except ValidationError as e:
-        raise PicojouleError(_format_error(path, e)) from None
+    return validated(Target, read_yaml(path, "target file"), str(path), "target fields", _format_error)
 
 
 def target_names() -> list[str]:

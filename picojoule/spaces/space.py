@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from picojoule.errors import PicojouleError
+from picojoule.yamlfile import read_yaml
 from picojoule.graph import Layer, LayerGraph
 from picojoule.hwmodels.target import Target
 from picojoule.hwmodels.workload import PolicyBatch
@@ -274,14 +274,7 @@ class Space:
     @classmethod
     def load(cls, graph: LayerGraph, target: Target, path: str | Path) -> Space:
         """The space with the overrides of a YAML file."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise PicojouleError(f"{path}: cannot read space overrides: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise PicojouleError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        return cls.build(graph, target, data, str(path))
+        return cls.build(graph, target, read_yaml(path, "space overrides"), str(path))
 
     # -- size --------------------------------------------------------------------------------------
 

@@ -201,7 +201,8 @@ def _search(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("search-%Y%m%d-%H%M%S")
         resume = False
     overrides = {k: v for k, v in {"trials": args.trials, "seed": args.seed, "strategy": args.strategy,
-                                   "workers": args.workers, "ray_address": args.ray_address}.items() if v is not None}
+                                   "workers": args.workers, "ray_address": args.ray_address,
+                                   "backend": args.backend}.items() if v is not None}
     try:
         result = run_search(config, out, resume=resume, progress=not args.quiet, **overrides)
     except KeyboardInterrupt:
@@ -265,10 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/search-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--trials", type=int)
-    p.add_argument("--strategy", choices=["nsga2", "tpe", "gp", "random"])
+    from picojoule.search.config import STRATEGIES
+
+    p.add_argument("--strategy", choices=STRATEGIES)
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="Ray actors evaluating accuracy (0: in this process)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--backend", choices=["picojoule", "ray-tune"],
+                   help="picojoule: this engine (default); ray-tune: ray.tune.Tuner with OptunaSearch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
     from picojoule.compilers.commands import add_parsers

@@ -109,3 +109,12 @@ def test_apply_errors(tmp_path):
     policy.write_text("default: {w_bits: 8}\n")
     out = run("apply", "resnet20", "--policy", str(policy), "--data", str(tmp_path / "none.npz"))
     assert out.returncode == 2 and "none.npz" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_search_offers_every_strategy_and_backend():
+    from picojoule.cli import build_parser
+    from picojoule.search.config import STRATEGIES
+
+    for strategy in STRATEGIES:
+        assert build_parser().parse_args(["search", "--strategy", strategy]).strategy == strategy
+    assert build_parser().parse_args(["search", "--backend", "ray-tune"]).backend == "ray-tune"

@@ -71,6 +71,13 @@ def test_constraints_parse(text, metric, upper, value, factor, baseline) -> None
     assert parse_constraint(c.text) == c  # the canonical text reads back the same
 
 
+def test_accuracy_drop_of_exactly_the_bound_holds() -> None:
+    from picojoule.search.metrics import accuracy_metrics
+
+    drop = accuracy_metrics(0.9625, 0.9825)["accuracy_drop"]  # 2.0000000000000018 before rounding
+    assert drop == 2.0 and parse_constraint("accuracy_drop <= 2").violation(drop, 2.0) <= 0
+
+
 def test_constraint_violation_is_relative() -> None:
     c = parse_constraint("energy <= 0.5 * uniform_int8")
     bound = c.bound({"uniform_int8": {"energy": 4e-6}})
@@ -100,6 +107,7 @@ BAD_CONFIGS = [
     ("target: eyeriss\nmodel: not a model\n", "model"),
     ("target: eyeriss\nwarm_start: [int8]\n", "warm_start"),
     ("model: digits\n", "target"),
+    ("target: eyeriss\nbackend: slurm\n", "backend"),
     ("target: [eyeriss\n", None),  # not YAML
     ("- target\n", None),  # not a mapping
 ]
@@ -294,6 +302,48 @@ def test_ray_workers_match_serial_evaluation(digits_run: SearchResult, tmp_path:
     evaluator = digits_run.problem.evaluator()
     for r in measured[:3]:
         assert r.metrics["accuracy"] == evaluator(res.policy(r))["accuracy"]
+
+
+def test_ray_tune_backend_takes_optuna_strategies_only(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("target: eyeriss\nstrategy: ddpg\nbackend: ray-tune\n")
+    with pytest.raises(PicojouleError, match="ray-tune drives Optuna samplers") as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+
+
+@pytest.mark.slow
+def test_ray_tune_backend_forwards_constraints_and_resumes(digits_run: SearchResult, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuner + OptunaSearch on 2 local workers: the sampler's trials carry the constraint violations, the run
+    directory is the native engine's, the front holds the bound, and a resume adds only the missing trials."""
+    pytest.importorskip("ray.tune")
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    config = {**DIGITS, "trials": 8, "workers": 2, "backend": "ray-tune", "strategy_options": {"population_size": 4}}
+    res = run_search(config, tmp_path / "tune", progress=False)
+    assert sum(r.counted for r in res.records) == 8 and res.new_trials == 8
+    study = optuna.load_study(study_name="picojoule",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "tune" / "journal.log"))))
+    trials = study.get_trials()
+    assert all(t.constraints and len(t.constraints) == 1 for t in trials if t.state.name == "COMPLETE")
+    bound = res.bounds["energy <= 0.5 * uniform_int8"]
+    for r in res.records:
+        assert r.evaluated == (r.metrics["energy"] <= bound)  # only hardware-feasible policies were measured
+        assert r.constraints["energy <= 0.5 * uniform_int8"] == pytest.approx(r.metrics["energy"] / bound - 1)
+    assert res.front and all(r.feasible and r.metrics["energy"] <= bound for r in res.front)
+    evaluator = digits_run.problem.evaluator()
+    best = res.front[0]
+    assert best.metrics["accuracy"] == evaluator(res.policy(best))["accuracy"]  # a worker measures as we do
+    assert (tmp_path / "tune" / "report.md").is_file() and list((tmp_path / "tune" / "pareto").glob("trial_*.yaml"))
+    assert (tmp_path / "tune" / "tune").is_dir()  # Tune's own records
+
+    again = run_search(None, tmp_path / "tune", resume=True, progress=False, trials=10)
+    assert again.new_trials == 2 and sum(r.counted for r in again.records) == 10
+    assert _summary(again.records[:8]) == _summary(res.records)
 
 
 def test_run_lock_refuses_a_second_live_search(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@
     seed: 0
     workers: 0                    # 0: evaluate in this process; N: N Ray actors
     ray_address: null             # a Ray cluster to join (default: start a local one)
+    backend: picojoule            # picojoule (this engine) | ray-tune (ray.tune.Tuner + OptunaSearch)
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from picojoule.errors import PicojouleError
+from picojoule.yamlfile import read_yaml, validated
 from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
 from picojoule.search.baselines import baseline_bits
 from picojoule.search.constraints import ConstraintProgram
@@ -136,6 +137,7 @@ class SearchConfig(_Strict):
     seed: int = Field(0, ge=0)
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
+    backend: Literal["picojoule", "ray-tune"] = "picojoule"
 
     @field_validator("model")
     @classmethod
@@ -193,6 +195,9 @@ class SearchConfig(_Strict):
                                  "name or package.module:function, or drop accuracy from objectives and constraints")
             if self.data is None and self.model != DIGITS:
                 raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
+        if self.backend == "ray-tune" and self.strategy == "ddpg":
+            raise ValueError("backend: ray-tune drives Optuna samplers (nsga2, tpe, gp, random), not ddpg; "
+                             "use backend: picojoule for ddpg")
         if self.evaluation.finetune_steps and self.data is not None and self.data.train is None:
             raise ValueError("data.train: required for evaluation.finetune_steps > 0")
         return self
@@ -233,37 +238,20 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = "required field is missing"
     if (item := re.match(r"^\[(\d+)\]: ", msg)) and loc:
         loc, msg = f"{loc}[{item.group(1)}]", msg[item.end():]
-    if not loc and msg.split(":")[0] in ("model", "data", "data.train"):  # a whole-config check names its field
+    if not loc and msg.split(":")[0] in ("model", "data", "data.train", "backend"):  # a whole-config check names its field
         loc, msg = msg.split(":", 1)[0], msg.split(":", 1)[1].strip()
     return f"{source}: field '{loc or '(top level)'}': {msg}".replace("\n", " ")
 
 
 def config_from_dict(data: Any, source: str = "config") -> SearchConfig:
     """Validate a mapping; a one-line PicojouleError naming ``source`` and the field otherwise."""
-    if not isinstance(data, dict):
-        raise PicojouleError(f"{source}: expected a mapping of search settings, got {type(data).__name__}")
-    try:
-        return SearchConfig.model_validate(data)
-    except ValidationError as e:
-        raise PicojouleError(_format_error(source, e)) from None
+    return validated(SearchConfig, data, source, "search settings", _format_error)
 
 
 def load_config(path: str | Path) -> SearchConfig:
     """Read and validate a search config YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise PicojouleError(f"{path}: search config not found") from None
-    except OSError as e:
-        raise PicojouleError(f"{path}: cannot read search config: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise PicojouleError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_yaml(path, "search config"), str(path))
 
 
 def resolve_config(config: SearchConfig | dict[str, Any] | str | Path, **overrides: Any) -> tuple[SearchConfig, str]:

@@ -84,9 +84,9 @@ class SearchResult:
 # ------------------------------------------------------------------------------------------------- stages
 
 
-def _baselines(problem: Problem, strategy: Strategy, evaluator: Evaluator | None) -> dict[str, dict[str, float]]:
-    """Metrics of the baselines the report and the bounds need; computed once and kept in the journal."""
-    stored = strategy.study.user_attrs.get("baselines")
+def baselines_of(problem: Problem, study: Any, evaluator: Evaluator | None) -> dict[str, dict[str, float]]:
+    """Metrics of the baselines the report and the bounds need; computed once and kept in the study's journal."""
+    stored = study.user_attrs.get("baselines")
     if stored:
         return stored
     cfg = problem.config
@@ -103,7 +103,7 @@ def _baselines(problem: Problem, strategy: Strategy, evaluator: Evaluator | None
         reference = out["fp32"]["accuracy"]
         for metrics in out.values():
             metrics.update(accuracy_metrics(metrics["accuracy"], reference))
-    strategy.study.set_user_attr("baselines", out)
+    study.set_user_attr("baselines", out)
     return out
 
 
@@ -121,8 +121,23 @@ def _executor(problem: Problem) -> tuple[Executor, Evaluator | None]:
 # ------------------------------------------------------------------------------------------------- the loop
 
 
-def _jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
+def jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics as the journal stores them: NaN (not measured) as null."""
     return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def score(problem: Problem, bounds: dict[str, float], reference: float, metrics: dict[str, float],
+          result: dict | None) -> tuple[dict[str, float], list[float], dict[str, float]]:
+    """(every metric, objective values told, constraint violations) of a priced trial and its accuracy result
+    (None: not measured; the strategy is told accuracy 0, so an accuracy constraint counts as broken too)."""
+    full = dict(metrics)
+    if problem.config.needs_accuracy:
+        full.update(accuracy_metrics(result["accuracy"] if result else math.nan, reference))
+    told = dict(full)
+    if problem.config.needs_accuracy and result is None:
+        told.update(accuracy_metrics(0.0, reference))
+    constraints = {k: float(v) for k, v in problem.program.violations(told, bounds).items()}
+    return full, [told[o.metric] for o in problem.objectives], constraints
 
 
 class _Loop:
@@ -186,10 +201,8 @@ class _Loop:
     def _finish(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], result: dict | None,
                 error: str | None) -> None:
         """Tell the strategy how the trial went; note it for the bar, the cache and the callbacks."""
-        full = dict(metrics)
-        if self.needs_accuracy:
-            full.update(accuracy_metrics(result["accuracy"] if result else math.nan, self.reference))
-        attrs: dict[str, Any] = {"metrics": _jsonable(full), "evaluated": result is not None}
+        full, objectives, constraints = score(self.problem, self.bounds, self.reference, metrics, result)
+        attrs: dict[str, Any] = {"metrics": jsonable(full), "evaluated": result is not None}
         if error:
             attrs["error"] = error
             self.strategy.tell(handle, [], {}, failed=True, attrs=attrs)
@@ -197,11 +210,6 @@ class _Loop:
         else:
             if result and not result.get("cached"):
                 attrs["eval_seconds"] = result["seconds"]
-            told = dict(full)
-            if self.needs_accuracy and result is None:  # never measured: assume the worst
-                told.update(accuracy_metrics(0.0, self.reference))
-            objectives = [told[o.metric] for o in self.problem.objectives]
-            constraints = {k: float(v) for k, v in self.problem.program.violations(told, self.bounds).items()}
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
             record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None)
         self.new_trials += 1
@@ -238,7 +246,8 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
     ``config`` is a YAML path, a mapping or a :class:`SearchConfig`; None resumes with ``out_dir``'s own
     config. ``overrides`` replace config fields (``trials=50``, ``seed=1``, ``workers=2``, ...; a mapping
     merges into a mapping field). On resume only trials, workers and ray_address may differ from the run's
-    config. ``callbacks`` are called with each finished trial.
+    config. ``callbacks`` are called with each finished trial (native backend only). ``backend: ray-tune`` hands
+    the trials to Ray Tune (:mod:`picojoule.search.tune_backend`).
     """
     quiet_optuna()
     run_dir = Path(out_dir)
@@ -253,6 +262,10 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
     problem = build_problem(cfg, source)
     with run_lock(run_dir):
         write_config(run_dir, cfg)
+        if cfg.backend == "ray-tune":
+            from picojoule.search.tune_backend import run_tune
+
+            return run_tune(run_dir, problem, resume, progress, where)
         return _search(run_dir, problem, resume, progress, callbacks, where)
 
 
@@ -266,7 +279,7 @@ def _search(run_dir: Path, problem: Problem, resume: bool, progress: bool, callb
         recover_interrupted(strategy.study)
     executor, evaluator = _executor(problem)
     try:
-        baselines = _baselines(problem, strategy, evaluator)
+        baselines = baselines_of(problem, strategy.study, evaluator)
         bounds = problem.program.bounds(baselines)
         if not resume:
             for name in cfg.warm_start:
@@ -276,11 +289,16 @@ def _search(run_dir: Path, problem: Problem, resume: bool, progress: bool, callb
         loop.run(read_records(strategy.study, problem.space))
     finally:
         executor.close()
-    records = read_records(strategy.study, problem.space)
-    front = pareto_front(records, problem.objectives, cfg.needs_accuracy)
-    result = SearchResult(run_dir, problem, records, front, baselines, bounds, loop.new_trials, loop.evaluations,
-                          strategy.study)
+    return finish_run(run_dir, problem, strategy.study, baselines, bounds, loop.new_trials, loop.evaluations)
+
+
+def finish_run(run_dir: Path, problem: Problem, study: Any, baselines: dict, bounds: dict, new_trials: int,
+               evaluations: int) -> SearchResult:
+    """Read every trial back from the journal, find the front and write the run directory's outputs."""
     from picojoule.search.report import write_outputs
 
+    records = read_records(study, problem.space)
+    front = pareto_front(records, problem.objectives, problem.config.needs_accuracy)
+    result = SearchResult(run_dir, problem, records, front, baselines, bounds, new_trials, evaluations, study)
     result.outputs = write_outputs(result)
     return result

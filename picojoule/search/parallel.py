@@ -43,19 +43,26 @@ def _import_ray(source: str) -> Any:
     return ray
 
 
+def init_ray(workers: int, address: str | None, source: str) -> bool:
+    """Join ``address``, or start a local Ray for ``workers`` CPUs (no dashboard, token auth off), unless Ray is
+    already up; returns whether this call started it (and so should shut it down)."""
+    ray = _import_ray(source)
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters enable token auth by default
+        ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
 class RayExecutor:
     """``workers`` actors; ``submit`` hands a policy to an idle one, ``collect`` waits for the first result."""
 
     def __init__(self, problem: Problem, workers: int, address: str | None = None):
+        self._started = init_ray(workers, address, problem.source)
         ray = self.ray = _import_ray(problem.source)
-        self._started = not ray.is_initialized()
-        if self._started:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters enable token auth by default
-                ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False)
         self._actor_cls = ray.remote(num_cpus=1)(EvaluatorActor)
         self._args = (ray.put(problem.model), ray.put(problem.example), ray.put(problem.graph), ray.put(problem.data),
                       problem.config.evaluation, problem.config.seed)

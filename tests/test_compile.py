@@ -208,3 +208,28 @@ def test_pruned_model_builds_and_runs_faster(resnet20, images, tmp_path):
     full = tvm_build.measure_latency(tvm_build.compile_onnx(export_onnx(model, example, tmp_path / "fp32.onnx"),
                                                             "host", tuple(example.shape)), example, 5, 2)
     assert report["latency_s"] < 0.6 * full  # a quarter of the MACs; measured ~4.5x faster
+
+
+def test_tuning_refuses_code_this_cpu_cannot_time(w8a8, resnet20):
+    _, path = w8a8
+    _, example = resnet20
+    with pytest.raises(PicojouleError, match="tuning times candidates on this CPU, so code built for cuda"):
+        tvm_build.compile_onnx(path, "a100", tuple(example.shape), tune_trials=8)
+    with pytest.raises(PicojouleError, match="tune trials must be >= 0"):
+        tvm_build.compile_onnx(path, "host", tuple(example.shape), tune_trials=-1)
+
+
+@pytest.mark.slow
+def test_metaschedule_tuned_build_matches_onnxruntime(tmp_path):
+    """A few MetaSchedule trials on the digits CNN: tuning records are written, and the tuned library gives
+    ONNX Runtime's answer."""
+    from picojoule.models import load_torch_model
+
+    model, example = load_torch_model("digits")
+    report = deploy(model, example, "host", tmp_path, name="digits", repeat=3, number=2, tune_trials=8)
+    assert report["tune_trials"] == 8 and report["tune_cost_model"] in ("xgb", "random")
+    records = tmp_path / "digits-host.tuning" / "database_tuning_record.json"
+    assert len(records.read_text().splitlines()) >= 1
+    assert report["latency_s"] > 0
+    bound = ORT_TOLERANCE * np.abs(run_onnxruntime(report["onnx"], example)).max()
+    assert report["tvm_vs_ort_max_abs_diff"] < bound

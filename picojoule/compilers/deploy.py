@@ -22,7 +22,7 @@ __all__ = ["deploy"]
 
 def deploy(model: nn.Module, example_input: torch.Tensor, target: str, outdir: str | Path, name: str = "model",
            graph: LayerGraph | None = None, policy: Policy | None = None, measure: bool = True,
-           repeat: int = 20, number: int = 5, host_mcpu: str | None = None) -> dict[str, Any]:
+           repeat: int = 20, number: int = 5, host_mcpu: str | None = None, tune_trials: int = 0) -> dict[str, Any]:
     """Export ``model`` to ``outdir/<name>.onnx``, build it with TVM for ``target`` (a target name, a YAML path
     or ``"host"``) into ``outdir/<name>-<target>.so`` and write ``outdir/<name>-<target>.json``; returns the report.
 
@@ -30,7 +30,8 @@ def deploy(model: nn.Module, example_input: torch.Tensor, target: str, outdir: s
     latency when the library runs on this CPU, and the cost model's prediction when ``graph`` is given (with
     ``policy``, or float32). ``host_mcpu`` is the CPU of a GPU target's host code (default: this machine's).
     For a target TVM cannot build for, the ONNX file and the report (no library) are still written, then a
-    PicojouleError says so.
+    PicojouleError says so. ``tune_trials`` > 0 tunes the kernels with MetaSchedule first (records in
+    ``outdir/<name>-<target>.tuning``; llvm code this CPU runs only).
     """
     outdir = Path(outdir)
     spec = None if target == tvm_build.HOST else load_target(target)
@@ -44,7 +45,8 @@ def deploy(model: nn.Module, example_input: torch.Tensor, target: str, outdir: s
     except PicojouleError as exc:
         write_report(report_path, build_report(**common, error=str(exc)))
         raise
-    executable = tvm_build.compile_onnx(onnx_path, tgt, tuple(example_input.shape))
+    executable = tvm_build.compile_onnx(onnx_path, tgt, tuple(example_input.shape), tune_trials=tune_trials,
+                                        tune_dir=outdir / f"{name}-{label}.tuning")
     library = tvm_build.export_library(executable, outdir / f"{name}-{label}.so")
     latency = tvm_diff = None
     runs_here = not tvm_build.missing_isa(tgt)
@@ -54,6 +56,7 @@ def deploy(model: nn.Module, example_input: torch.Tensor, target: str, outdir: s
         if measure:
             latency = tvm_build.measure_latency(executable, example_input, repeat, number, target=tgt)
     report = build_report(**common, library=library, tvm_target=tgt, latency_s=latency,
-                          tvm_vs_ort_max_abs_diff=tvm_diff, runs_on_host=runs_here, host_cpu=tvm_build.host_cpu())
+                          tvm_vs_ort_max_abs_diff=tvm_diff, runs_on_host=runs_here, host_cpu=tvm_build.host_cpu(),
+                          tune_trials=tune_trials, tune_cost_model=tvm_build.tune_cost_model() if tune_trials else None)
     write_report(report_path, report)
     return report

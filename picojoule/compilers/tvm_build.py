@@ -8,6 +8,11 @@ Code built for another CPU runs here only if this CPU has its instruction sets: 
 and :func:`run`/:func:`measure_latency` refuse to execute code that would die of an illegal instruction.
 QDQ models compile, but TVM's ONNX importer turns QuantizeLinear/DequantizeLinear into float arithmetic:
 they run as float ops (no int8 speed-up); pruning and low-rank splits are where the time goes down.
+
+``tune_trials > 0`` tunes the fused kernels with MetaSchedule before building (candidates are built and timed
+on this CPU, so only for llvm code this CPU runs). Found with TVM 0.27: tuning crashes with apache-tvm-ffi
+0.1.15.post2 and works with 0.1.14.post1 (pinned), and MetaSchedule's default 30 s builder timeout kills every
+candidate on a 2-core machine, hence :data:`TUNE_BUILD_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from picojoule.hwmodels.target import Target, load_target
 if TYPE_CHECKING:
     import tvm
 
-__all__ = ["HOST", "compile_onnx", "export_library", "host_cpu", "host_target", "load_library",
+__all__ = ["HOST", "TUNE_BUILD_TIMEOUT_S", "compile_onnx", "export_library", "host_cpu", "host_target", "load_library",
            "measure_latency", "missing_isa", "run", "target_name", "tvm_target"]
 
 HOST = "host"
+TUNE_BUILD_TIMEOUT_S = 600  # per MetaSchedule build batch (its default of 30 s times out on 2 cores)
 #: LLVM feature names that are instruction sets (the rest of LLVM's CPU features are tuning hints).
 _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "amx", "gfni", "vaes", "vpclmulqdq", "bmi", "sha", "aes",
                  "pclmul", "popcnt", "lzcnt", "movbe", "adx", "cx16", "xsave", "vnni")
@@ -96,10 +102,13 @@ def missing_isa(tvm_tgt: tvm.target.Target) -> list[str]:
 
 
 def compile_onnx(path: str | Path, target: Target | str | tvm.target.Target,
-                 input_shape: tuple[int, ...] | None = None) -> tvm.runtime.Executable:
+                 input_shape: tuple[int, ...] | None = None, tune_trials: int = 0,
+                 tune_dir: str | Path | None = None) -> tvm.runtime.Executable:
     """Import the ONNX file ``path`` with Relax's frontend and build it for ``target`` (picojoule target,
     its name, ``"host"`` or a TVM target). ``input_shape`` fixes the first input's shape (a dynamic batch must be
-    fixed: TVM's importer cannot take the Shape arithmetic of a symbolic batch into e.g. ScatterElements)."""
+    fixed: TVM's importer cannot take the Shape arithmetic of a symbolic batch into e.g. ScatterElements).
+    ``tune_trials`` > 0: MetaSchedule tuning with that many trials in all, its records in ``tune_dir``
+    (default: beside the ONNX file)."""
     tvm = _tvm()
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
@@ -117,10 +126,48 @@ def compile_onnx(path: str | Path, target: Target | str | tvm.target.Target,
         mod = from_onnx(model)
     except Exception as exc:  # the importer raises ValueError/TVMError/KeyError for unsupported graphs
         raise PicojouleError(f"{path}: TVM's ONNX importer failed: {_message(exc)}") from exc
+    if tune_trials < 0:
+        raise PicojouleError(f"tune trials must be >= 0, got {tune_trials}")
+    if tune_trials:
+        _check_runs_here(tgt, "tuning times candidates on this CPU, so ")
+        return _tuned_build(mod, tgt, tune_trials, Path(tune_dir) if tune_dir else path.with_suffix(".tuning"))
     try:
         return tvm.compile(mod, tgt)
     except Exception as exc:
         raise PicojouleError(f"{path}: TVM build for {tgt.kind.name} failed: {_message(exc)}") from exc
+
+
+def tune_cost_model() -> str:
+    """MetaSchedule's learned cost model when xgboost is installed (a 130 MB wheel, not a dependency), else
+    ``random``: the evolutionary search then ranks candidates by measurement alone."""
+    import importlib.util
+
+    return "xgb" if importlib.util.find_spec("xgboost") else "random"
+
+
+def _tuned_build(mod: Any, tgt: Any, trials: int, work_dir: Path) -> tvm.runtime.Executable:
+    """MetaSchedule: tune ``mod``'s fused kernels on this CPU (records in ``work_dir``), then build with them."""
+    tvm = _tvm()
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1  # MetaSchedule needs the physical core count
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": str(tgt.attrs["mcpu"]), "num-cores": cores})
+    with tgt:  # legalize and fuse first: the fused kernels are the tuning tasks (none are found before)
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                        relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")])(mod)
+    try:
+        database = ms.relax_integration.tune_relax(
+            mod, params={}, target=tgt, work_dir=str(work_dir), max_trials_global=trials,
+            num_trials_per_iter=min(64, trials), builder=ms.builder.LocalBuilder(timeout_sec=TUNE_BUILD_TIMEOUT_S),
+            cost_model=tune_cost_model(), seed=0)
+        return ms.relax_integration.compile_relax(database, mod, tgt, params=None)
+    except Exception as exc:
+        raise PicojouleError(f"MetaSchedule tuning for {tgt.kind.name} failed: {_message(exc)} "
+                             f"(logs in {work_dir})") from exc
 
 
 def export_library(executable: tvm.runtime.Executable, path: str | Path) -> Path:
@@ -166,11 +213,11 @@ def _vm(executable: Any) -> Any:
     return relax.VirtualMachine(executable, tvm.cpu())
 
 
-def _check_runs_here(tgt: Any) -> None:
+def _check_runs_here(tgt: Any, why: str = "") -> None:
     if tgt.kind.name != "llvm":
-        raise PicojouleError(f"code built for {tgt.kind.name} runs on that device, not on this CPU")
+        raise PicojouleError(f"{why}code built for {tgt.kind.name} runs on that device, not on this CPU")
     if missing := missing_isa(tgt):
-        raise PicojouleError(f"code built for {tgt.kind.name} -mcpu={tgt.attrs.get('mcpu', '?')} needs "
+        raise PicojouleError(f"{why}code built for {tgt.kind.name} -mcpu={tgt.attrs.get('mcpu', '?')} needs "
                              f"{', '.join(missing[:6])} which this CPU ({host_cpu()}) lacks: it cannot run here")
 
 

@@ -355,3 +355,75 @@ def test_run_lock_refuses_a_second_live_search(tmp_path: Path) -> None:
     with run_lock(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+_DYING_MODEL = '''
+import os
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """A tiny digits classifier whose forward kills its process when a marker file says so (never the driver's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        if os.getpid() != int(os.environ["PJ_DRIVER_PID"]):
+            if os.path.exists(os.environ["PJ_DIE_ALWAYS"]):
+                os._exit(1)
+            if os.path.exists(os.environ["PJ_DIE_ONCE"]):
+                os.remove(os.environ["PJ_DIE_ONCE"])
+                os._exit(1)
+        return self.fc(self.conv2(self.conv(x).relu()).relu().mean((2, 3)))
+
+
+def build(weights=None):
+    return Net(), torch.zeros(1, 1, 8, 8)
+'''
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_retried_once_then_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers really die (os._exit in the model's forward): the policy is measured once more on a fresh worker;
+    a second death fails the trial with the reason, and the executor goes on with a fresh worker."""
+    pytest.importorskip("ray")
+    from picojoule.search.config import config_from_dict
+    from picojoule.search.parallel import RayExecutor
+    from picojoule.search.problem import build_problem
+
+    (tmp_path / "dying_model.py").write_text(_DYING_MODEL)
+    once, always = tmp_path / "die-once", tmp_path / "die-always"
+    monkeypatch.chdir(tmp_path)
+    for key, value in {"PYTHONPATH": str(tmp_path), "PJ_DRIVER_PID": str(os.getpid()), "PJ_DIE_ONCE": str(once),
+                       "PJ_DIE_ALWAYS": str(always), "RAY_AUTH_MODE": "disabled"}.items():
+        monkeypatch.setenv(key, value)
+    problem = build_problem(config_from_dict({"model": "dying_model:build", "data": "digits", "target": "eyeriss",
+                                              "evaluation": {"calibration_images": 64}}))
+    policy = Policy()
+    expected = problem.evaluator()(policy)["accuracy"]
+    executor = RayExecutor(problem, 1)
+
+    def evaluate(tag: str) -> tuple:
+        executor.submit(tag, policy)
+        while not (out := executor.collect()):
+            pass
+        return out[0]
+
+    try:
+        assert evaluate("fine")[1]["accuracy"] == expected
+        once.touch()
+        tag, result, error = evaluate("dies once")
+        assert error is None and result["accuracy"] == expected and result["worker_died"] == 1
+        assert not once.exists()  # the first worker really ran the forward and died there
+        always.touch()
+        tag, result, error = evaluate("dies twice")
+        assert result is None and error.startswith("the worker died twice evaluating this policy")
+        always.unlink()
+        assert evaluate("after")[1]["accuracy"] == expected  # a fresh worker took the dead one's place
+    finally:
+        executor.close()

@@ -210,6 +210,8 @@ class _Loop:
         else:
             if result and not result.get("cached"):
                 attrs["eval_seconds"] = result["seconds"]
+            if result and result.get("worker_died"):
+                attrs["worker_died"] = result["worker_died"]  # measured again on a fresh worker
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
             record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None)
         self.new_trials += 1

@@ -58,7 +58,11 @@ def init_ray(workers: int, address: str | None, source: str) -> bool:
 
 
 class RayExecutor:
-    """``workers`` actors; ``submit`` hands a policy to an idle one, ``collect`` waits for the first result."""
+    """``workers`` actors; ``submit`` hands a policy to an idle one, ``collect`` waits for the first result.
+
+    A worker that dies mid-evaluation (killed, out of memory, a crash in native code) is replaced and its policy
+    evaluated once more on the fresh worker (the result says ``worker_died``); if that worker dies too, the trial
+    fails with the reason and the search goes on."""
 
     def __init__(self, problem: Problem, workers: int, address: str | None = None):
         self._started = init_ray(workers, address, problem.source)
@@ -68,35 +72,42 @@ class RayExecutor:
                       problem.config.evaluation, problem.config.seed)
         self.capacity = workers
         self._idle = [self._actor_cls.remote(*self._args) for _ in range(workers)]
-        self._futures: dict[Any, tuple[Any, Any]] = {}
+        self._futures: dict[Any, tuple[Any, Any, Policy, int]] = {}  # ref -> (tag, actor, policy, deaths so far)
 
     @property
     def in_flight(self) -> int:
         return len(self._futures)
 
-    def submit(self, tag: Any, policy: Policy) -> None:
+    def submit(self, tag: Any, policy: Policy, deaths: int = 0) -> None:
         actor = self._idle.pop()
-        self._futures[actor.evaluate.remote(policy)] = (tag, actor)
+        self._futures[actor.evaluate.remote(policy)] = (tag, actor, policy, deaths)
 
     def collect(self) -> list[Outcome]:
+        """Finished evaluations (at least one unless a worker died and its policy was resubmitted)."""
         if not self._futures:
             return []
         ready, _ = self.ray.wait(list(self._futures), num_returns=1)
         out = []
         for ref in ready:
-            tag, actor = self._futures.pop(ref)
+            tag, actor, policy, deaths = self._futures.pop(ref)
             try:
                 result, error = self.ray.get(ref)
                 self._idle.append(actor)
-            except self.ray.exceptions.RayError as e:  # the actor died (out of memory, killed): replace it
-                result, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                if result is not None and deaths:
+                    result["worker_died"] = deaths
+            except self.ray.exceptions.RayError as e:  # the actor died: replace it, retry the policy once
                 self.ray.kill(actor)
                 self._idle.append(self._actor_cls.remote(*self._args))
+                if deaths == 0:
+                    self.submit(tag, policy, deaths=1)
+                    continue
+                text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                result, error = None, f"the worker died twice evaluating this policy ({type(e).__name__}: {text})"
             out.append((tag, result, error))
         return out
 
     def close(self) -> None:
-        for _, actor in self._futures.values():
+        for _, actor, _, _ in self._futures.values():
             self.ray.kill(actor)
         for actor in self._idle:
             self.ray.kill(actor)

@@ -8,7 +8,8 @@ accuracy; it reports the objectives, every metric (``metric/<name>``) and the vi
 telling it, so NSGA-II, TPE and GP see feasibility exactly as in the native engine, and stores the metrics the way
 the engine does: the journal, trials.csv, pareto/, report.md and plots come from the same code, and
 ``--resume`` continues the run (trials a killed run left running are retried once). Tune's own records go to
-``RUN_DIR/tune``. Concurrency is ``workers`` trials (at least one), one CPU each.
+``RUN_DIR/tune``. Concurrency is ``workers`` trials (at least one), one CPU each; a trial whose worker died is run
+once more (Tune's ``max_failures=1``), then failed.
 
 Compared with the native engine (``backend: picojoule``): trials are not deduplicated, and Tune spends a process
 start per trial, so cost-only trials are far slower; ddpg is not offered (it proposes its own vectors).
@@ -124,6 +125,7 @@ def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, wher
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                             max_concurrent_trials=max(cfg.workers, 1)),
                 run_config=tune.RunConfig(name="tune", storage_path=str(run_dir.resolve()),
+                                          failure_config=tune.FailureConfig(max_failures=1),  # a dead worker: once more
                                           verbose=1 if progress else 0))
             grid = tuner.fit()
             if grid.num_errors == remaining and remaining:

@@ -6,17 +6,25 @@ Three parts, each optional (``--parts``):
   hypervolume of the feasible (accuracy, energy) points after K and M accuracy evaluations (defaults 50 and 200;
   a policy measured before is not counted again), beside uniform W8A8 and W4A8 (and FP32). The hypervolume is
   the area dominated in [0, 1] accuracy x [0, bound] energy, normalised by that box (reference: accuracy 0,
-  energy at the bound). The search stops as soon as it has spent M evaluations; no warm start.
+  energy at the bound). The search stops as soon as it has spent M evaluations. Every strategy is warm-started
+  with the same ``--warm-start`` baselines (default uniform W8A8, W4A8, W4A4), each lowered onto the bound by
+  the cost model (HAQ's adjustment, :mod:`picojoule.search.projection`); they are reported as fixed rows too,
+  so the table shows what each search adds to its starting points. Then, as HAQ
+  does with its search's winner, the best feasible policy at M is fine-tuned (knowledge distillation from the
+  FP32 model on the subset's training split, ``--finetune-seconds``) and tested again: the search ranks policies
+  by post-training accuracy, the fine-tune shows what the winner is worth once repaired.
 * overhead: cost-only trials per second through the whole engine (ask, price, tell, Optuna's journal), same
   space and bound with objectives energy and size, timed between the first and the last trial (goal >= 20/s).
 * ray: accuracy-bound trials (random strategy, no hardware bound: every trial is evaluated) per second in this
   process and on 2 Ray actors, in the same run; the ratio is the speed-up (goal >= 1.8x). Evaluation runs on one
   torch thread in both arms (``--threads``), as each actor does.
 
-Results are rewritten after every strategy and part, so an interrupted run keeps what it measured.
+Results are rewritten after every strategy and part, so an interrupted run keeps what it measured; parts not
+run keep the figures an earlier run wrote.
 
 Run (from the repository root): python experiments/bench_search.py [--k 50 --m 200] [--strategies ddpg random]
     [--parts quality overhead ray] [--test-images 500] [--overhead-trials 300] [--ray-trials 12] [--ddpg-warmup 8]
+    [--finetune-seconds 120]
 Writes experiments/results/bench_search.{json,md}.
 """
 
@@ -30,19 +38,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from picojoule.search import run_search
 from picojoule.search.baselines import baseline_policy
 from picojoule.search.config import config_from_dict, load_config
+from picojoule.search.engine import warm_start_trials
 from picojoule.search.journal import TrialRecord, quiet_optuna
-from picojoule.search.problem import build_problem
+from picojoule.search.evaluate import evaluate_policy
+from picojoule.search.problem import CALIB_BATCH, Problem, build_problem
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "configs" / "resnet20_eyeriss.yaml"
 STRATEGY_OPTIONS = {"nsga2": {"population_size": 20}}
 PARTS = ("quality", "overhead", "ray")
 UNIFORMS = {"FP32": "fp32", "uniform W8A8": "uniform_int8", "uniform W4A8": "uniform_w4a8"}
+WARM_STARTS = ["uniform_int8", "uniform_w4a8", "uniform_w4a4"]
 
 
 class Enough(Exception):
@@ -85,10 +97,10 @@ def hypervolume(points: list[tuple[float, float]], bound: float) -> float:
 
 
 def config_for(path: Path, strategy: str, **changes: Any) -> dict[str, Any]:
-    """The benchmark's config with ``strategy`` (its own options) and no warm start; ``changes`` replace fields
-    (a mapping merges into a mapping field)."""
+    """The benchmark's config with ``strategy`` (its own options) and the benchmark's warm starts; ``changes``
+    replace fields (a mapping merges into a mapping field)."""
     cfg = load_config(path).dump()
-    cfg.update(strategy=strategy, strategy_options=STRATEGY_OPTIONS.get(strategy, {}), warm_start=[])
+    cfg.update(strategy=strategy, strategy_options=STRATEGY_OPTIONS.get(strategy, {}), warm_start=WARM_STARTS)
     for key, value in changes.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     return cfg
@@ -114,9 +126,26 @@ def summary(recorder: Recorder, evaluations: int, metric: str, bound: float) -> 
             "best_accuracy": max((a for a, _ in points), default=None), "hypervolume": hypervolume(points, bound)}
 
 
-def uniforms(cfg: dict[str, Any]) -> tuple[dict[str, Any], str, float, str]:
+def best_feasible(recorder: Recorder, evaluations: int) -> TrialRecord | None:
+    """The feasible measured trial of highest accuracy once ``evaluations`` were spent (earliest on ties)."""
+    measured = [r for _, spent, r in recorder.rows if spent <= evaluations and r.feasible and r.evaluated]
+    return max(measured, key=lambda r: (r.metrics["accuracy"], -r.number), default=None)
+
+
+def finetuned(problem: Problem, record: TrialRecord, seconds: float) -> dict[str, Any]:
+    """``record``'s policy fine-tuned for ``seconds`` (KD from the FP32 model) and tested."""
+    cfg = problem.config
+    test = problem.data.test.subset(cfg.evaluation.test_images) if cfg.evaluation.test_images else problem.data.test
+    _, result = evaluate_policy(problem.model, problem.example, problem.space.decode(record.vec), test,
+                                graph=problem.graph, calib_data=problem.data.calibration, train_data=problem.data.train,
+                                calib_batches=-(-cfg.evaluation.calibration_images // CALIB_BATCH),
+                                finetune_seconds=seconds, seed=cfg.seed)
+    return {"trial": record.number, "before": record.metrics["accuracy"], "after": result["accuracy"],
+            "steps": result["finetune"]["steps"], "seconds": result["seconds"]}
+
+
+def uniforms(problem: Problem) -> tuple[dict[str, Any], str, float, str]:
     """Accuracy, cost and hypervolume of the uniform baselines; the hardware bound's metric, value and text."""
-    problem = build_problem(config_from_dict(cfg))
     hw = next(c for c in problem.program if not c.needs_accuracy)
     ref = problem.cost([baseline_policy(hw.baseline, problem.graph)]) if hw.baseline else {}
     bound = hw.bound({hw.baseline: {m: float(v[0]) for m, v in ref.items()}} if hw.baseline else {})
@@ -127,6 +156,13 @@ def uniforms(cfg: dict[str, Any]) -> tuple[dict[str, Any], str, float, str]:
         out[label] = {"accuracy": acc, hw.metric: cost, "feasible": cost <= bound,
                       "hypervolume": hypervolume([(acc, cost)], bound)}
         print(f"{label:14s} {100 * acc:6.2f}%  {hw.metric} {cost / bound:.2f} x bound", flush=True)
+    for params, attrs in warm_start_trials(problem, {hw.text: bound}):
+        policy = problem.space.decode(np.asarray([params[k.name] for k in problem.space.knobs]))
+        acc, cost = evaluator(policy)["accuracy"], float(problem.cost([policy])[hw.metric][0])
+        label = "warm start: " + attrs["warm_start"].replace("uniform_int8", "uniform_w8a8")
+        out[label] = {"accuracy": acc, hw.metric: cost, "feasible": cost <= bound,
+                      "hypervolume": hypervolume([(acc, cost)], bound)}
+        print(f"{label} {100 * acc:6.2f}%  {hw.metric} {cost / bound:.2f} x bound", flush=True)
     return out, hw.metric, bound, hw.text
 
 
@@ -136,23 +172,29 @@ def write(results: dict[str, Any], out: Path) -> None:
     (out / "bench_search.json").write_text(json.dumps(results, indent=2))
     q, a = results.get("quality", {}), results["args"]
     lines = [f"# Search strategies: ResNet-20 / CIFAR-10 on Eyeriss, `{q.get('constraint', '')}`", "",
-             f"Config `{a['config']}`; test images: {a['test_images'] or 'all 1017'}; seed {a['seed']}; "
+             f"Config `{a['config']}`; warm starts (lowered onto the bound): "
+             f"{', '.join(a.get('warm_start') or []) or 'none'}; test images: {a['test_images'] or 'all 1017'}; "
+             f"seed {a['seed']}; "
              f"{os.cpu_count()} cores, load average {results['load_avg']:.1f} at the start.", ""]
     if q:
         k, m = a["k"], a["m"]
         lines += [f"Best feasible accuracy and hypervolume (accuracy x energy under the bound) after K = {k} and "
                   f"M = {m} accuracy evaluations.", "",
                   f"| strategy | best acc @{k} | HV @{k} | best acc @{m} | HV @{m} | trials @{m} | feasible measured "
-                  "| wall s |", "|---|---|---|---|---|---|---|---|"]
+                  f"| wall s | best @{m} after {a['finetune_seconds']:.0f} s KD fine-tune |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
         for name, row in q.get("strategies", {}).items():
             at_k, at_m = row[str(k)], row[str(m)]
             lines.append(f"| {name} | {pct(at_k['best_accuracy'])} | {at_k['hypervolume']:.3f} | "
                          f"{pct(at_m['best_accuracy'])} | {at_m['hypervolume']:.3f} | {at_m['trials']} | "
-                         f"{at_m['feasible_measured']} | {row['wall_s']:.0f} |")
+                         f"{at_m['feasible_measured']} | {row['wall_s']:.0f} | "
+                         f"{pct(row['finetuned']['after']) if 'finetuned' in row else '—'} |")
         for name, row in q.get("uniforms", {}).items():
             where = "feasible" if row["feasible"] else f"infeasible: {row[q['metric']] / q['bound']:.2f} x bound"
-            lines.append(f"| {name} (fixed) | {pct(row['accuracy'])} | {row['hypervolume']:.3f} | | | | {where} | |")
+            lines.append(f"| {name} (fixed) | {pct(row['accuracy'])} | {row['hypervolume']:.3f} | | | | {where} | | |")
+        lines += ["", f"Goal: top-1 within 0.5 pt of FP32 ({pct(q['uniforms']['FP32']['accuracy'] - 0.005)} or more) "
+                      "under the bound, every strategy above uniform."]
     if "overhead" in results:
         lines += ["", "Cost-only trials per second through the engine (goal >= 20/s): " + ", ".join(
             f"{name} {rate:.1f}/s" for name, rate in results["overhead"].items()) + "."]
@@ -176,20 +218,30 @@ def main() -> int:
     ap.add_argument("--ray-trials", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     ap.add_argument("--ddpg-warmup", type=int, help="DDPG's random episodes (default: its own, 20)")
+    ap.add_argument("--warm-start", nargs="*", default=WARM_STARTS, help="baselines every strategy starts from")
+    ap.add_argument("--finetune-seconds", type=float, default=120.0,
+                    help="KD fine-tune of each strategy's best feasible policy at M (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=Path, help="where the run directories go (default: a fresh temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    WARM_STARTS[:] = args.warm_start
     torch.set_num_threads(args.threads)
     if args.ddpg_warmup is not None:
         STRATEGY_OPTIONS["ddpg"] = {"warmup": args.ddpg_warmup}
     quiet_optuna()
     runs = args.runs or Path(tempfile.mkdtemp(prefix="bench_search-"))
     evaluation = {"test_images": args.test_images} if args.test_images else {}
-    results: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                               "load_avg": os.getloadavg()[0]}
+    previous = args.out / "bench_search.json"  # parts not run now keep their earlier figures
+    results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    for part in args.parts:
+        results.pop(part, None)
+    results.update(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   load_avg=os.getloadavg()[0])
     if "quality" in args.parts:
-        table, metric, bound, text = uniforms(config_for(args.config, "random", evaluation=evaluation))
+        problem = build_problem(config_from_dict(config_for(args.config, "random", seed=args.seed,
+                                                            evaluation=evaluation)))
+        table, metric, bound, text = uniforms(problem)
         quality = results["quality"] = {"constraint": text, "metric": metric, "bound": bound, "uniforms": table,
                                         "strategies": {}}
         write(results, args.out)
@@ -197,8 +249,10 @@ def main() -> int:
             rec = Recorder(args.m)
             cfg = config_for(args.config, name, seed=args.seed, evaluation=evaluation)
             wall = search(cfg, runs / f"quality-{name}", rec, trials=50 * args.m)
-            quality["strategies"][name] = {"wall_s": wall, **{str(n): summary(rec, n, metric, bound)
-                                                              for n in (args.k, args.m)}}
+            row = quality["strategies"][name] = {"wall_s": wall, **{str(n): summary(rec, n, metric, bound)
+                                                                    for n in (args.k, args.m)}}
+            if args.finetune_seconds and (best := best_feasible(rec, args.m)) is not None:
+                row["finetuned"] = finetuned(problem, best, args.finetune_seconds)
             print(name, json.dumps(quality["strategies"][name]), flush=True)
             write(results, args.out)
     if "overhead" in args.parts:

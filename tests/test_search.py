@@ -17,6 +17,7 @@ import yaml
 from picojoule.errors import PicojouleError
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
+from picojoule.search.baselines import baseline_policy
 from picojoule.search.config import load_config
 from picojoule.search.constraints import parse_constraint
 from picojoule.search.engine import SearchResult, run_search
@@ -164,6 +165,25 @@ def test_cost_only_search_all_strategies(tmp_path: Path) -> None:
         res = run_search(cfg, tmp_path / strategy, progress=False)
         assert res.evaluations == 0 and len(res.records) == 12 and res.front
         assert all(r.metrics["latency"] <= 0.8 * res.baselines["uniform_int8"]["latency"] for r in res.front)
+
+
+def test_warm_starts_are_lowered_onto_the_hardware_bounds(tmp_path: Path) -> None:
+    """uniform_int8 breaks `energy <= 0.5 * uniform_int8`: the warm start is int8 lowered just enough to fit."""
+    cfg = {**DIGITS, "objectives": ["energy", "size"], "warm_start": ["uniform_int8", "fp32"], "trials": 3}
+    res = run_search(cfg, tmp_path / "warm", progress=False)
+    first, second = res.records[:2]
+    assert first.warm_start == "uniform_int8 lowered to the hardware bounds" and first.feasible
+    assert second.warm_start == "fp32 lowered to the hardware bounds" and second.feasible
+    bound = 0.5 * res.baselines["uniform_int8"]["energy"]
+    assert 0.8 * bound < first.metrics["energy"] <= bound  # lowered just enough, not to the floor
+    from picojoule.search.projection import knob_capacity
+
+    space = res.problem.space
+    int8 = space.encode(baseline_policy("uniform_int8", res.problem.graph))
+    caps = [knob_capacity(k, space) for k in space.knobs]
+    lowered = [cap[i] for cap, i in zip(caps, first.vec)]
+    original = [cap[i] for cap, i in zip(caps, int8)]
+    assert all(a <= b for a, b in zip(lowered, original)) and lowered != original  # knobs were only lowered
 
 
 def test_digits_search_finds_feasible_front(digits_run: SearchResult) -> None:

@@ -28,6 +28,7 @@ from picojoule.search.journal import TrialRecord, knob_params, quiet_optuna, rea
 from picojoule.search.metrics import accuracy_metrics, format_value
 from picojoule.search.pareto import RunningFront, pareto_front
 from picojoule.search.problem import Evaluator, Problem, build_problem
+from picojoule.search.projection import Projector
 from picojoule.search.rundir import check_run_dir, run_lock, saved_config_path, write_config
 from picojoule.search.strategies import Strategy, make_sampler, make_strategy
 from picojoule.spaces.policy import Policy
@@ -116,6 +117,21 @@ def _executor(problem: Problem) -> tuple[Executor, Evaluator | None]:
     from picojoule.search.parallel import RayExecutor
 
     return RayExecutor(problem, problem.config.workers, problem.config.ray_address), evaluator
+
+
+def warm_start_trials(problem: Problem, bounds: dict[str, float]) -> list[tuple[dict[str, int], dict[str, str]]]:
+    """The config's warm starts as (params, user attributes): each baseline projected onto the hardware bounds
+    (:mod:`~picojoule.search.projection`), so that a budget-constrained search starts from feasible policies near
+    them instead of spending trials on baselines the cost model already rules out."""
+    hardware = [c for c in problem.program if not c.needs_accuracy]
+    project = Projector(problem.space, hardware, bounds, lambda vecs: problem.cost(problem.space.decode_batch(vecs)))
+    out = []
+    for name in problem.config.warm_start:
+        vec = problem.space.encode(baseline_policy(name, problem.graph))
+        fitted = project(vec)
+        label = name if (fitted == vec).all() else f"{name} lowered to the hardware bounds"
+        out.append((knob_params(problem.space, fitted), {"warm_start": label}))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -284,9 +300,8 @@ def _search(run_dir: Path, problem: Problem, resume: bool, progress: bool, callb
         baselines = baselines_of(problem, strategy.study, evaluator)
         bounds = problem.program.bounds(baselines)
         if not resume:
-            for name in cfg.warm_start:
-                vec = problem.space.encode(baseline_policy(name, problem.graph))
-                strategy.study.enqueue_trial(knob_params(problem.space, vec), user_attrs={"warm_start": name})
+            for params, attrs in warm_start_trials(problem, bounds):
+                strategy.study.enqueue_trial(params, user_attrs=attrs)
         loop = _Loop(problem, strategy, executor, baselines, bounds, callbacks, progress)
         loop.run(read_records(strategy.study, problem.space))
     finally:

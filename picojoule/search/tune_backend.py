@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from picojoule.errors import PicojouleError
-from picojoule.search.baselines import baseline_policy
 from picojoule.search.constraints import all_hold
-from picojoule.search.engine import SearchResult, baselines_of, finish_run, jsonable, score
+from picojoule.search.engine import SearchResult, baselines_of, finish_run, jsonable, score, warm_start_trials
 from picojoule.search.executors import safe_evaluate
-from picojoule.search.journal import STUDY_NAME, knob_params, open_study, read_records, recover_interrupted
+from picojoule.search.journal import STUDY_NAME, open_study, read_records, recover_interrupted
 from picojoule.search.parallel import init_ray
 from picojoule.search.problem import Problem
 from picojoule.search.strategies import make_sampler
@@ -104,9 +103,8 @@ def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, wher
         baselines = baselines_of(problem, study, evaluator)
         bounds = problem.program.bounds(baselines)
         if not resume:
-            for name in cfg.warm_start:
-                vec = problem.space.encode(baseline_policy(name, problem.graph))
-                study.enqueue_trial(knob_params(problem.space, vec), user_attrs={"warm_start": name})
+            for params, attrs in warm_start_trials(problem, bounds):
+                study.enqueue_trial(params, user_attrs=attrs)
         done = sum(r.counted for r in read_records(study, problem.space))
         remaining = max(cfg.trials - done, 0)
         if remaining:

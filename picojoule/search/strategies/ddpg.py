@@ -11,8 +11,9 @@ the knob's *capacity* scale (bits, keep ratio, rank with 0 = no split counted as
 truncated-normal noise that decays per episode; the first ``warmup`` episodes act uniformly at random.
 
 The finished policy is then made feasible for the hardware constraints with the cost model (no accuracy
-needed): from the last layer backwards, each layer lowers by one step the knob that most reduces the violated
-bounds, one pass after another, until the priced policy meets every hardware bound or no knob can be lowered.
+needed, :mod:`picojoule.search.projection`): from the last layer backwards, each layer lowers by one step the knob
+that most reduces the violated bounds, one pass after another, until the priced policy meets every hardware bound
+or no knob can be lowered.
 
 Reward (HAQ-style, every transition of the episode gets it, centred by a moving average at update time)::
 
@@ -54,6 +55,7 @@ from picojoule.search.config import load_config
 from picojoule.search.journal import knob_params
 from picojoule.search.metrics import cost_metrics
 from picojoule.search.problem import Problem
+from picojoule.search.projection import Projector, knob_capacity
 from picojoule.search.rundir import CONFIG_FILE
 from picojoule.search.strategies.base import Handle, Strategy
 from picojoule.spaces.policy import Policy
@@ -174,14 +176,7 @@ class DDPGStrategy(Strategy):
         self.dims = np.full((len(names), len(KNOB_KINDS)), -1)
         for d, k in enumerate(knobs):
             self.dims[names.index(k.layer), KNOB_KINDS.index(k.kind)] = d
-        self.levels, self.lower = [], []  # per knob: capacity of each choice in [0, 1]; next lower choice
-        for k in knobs:
-            cap = np.asarray([graph[k.layer].max_rank if k.kind == "rank" and c == 0 else c for c in k.choices],
-                             dtype=float)
-            self.levels.append(_minmax(cap))
-            order, lower = np.argsort(cap, kind="stable"), np.full(len(cap), -1)
-            lower[order[1:]] = order[:-1]
-            self.lower.append(lower)
+        self.levels = [_minmax(knob_capacity(k, self.space)) for k in knobs]  # per knob: capacity in [0, 1]
         layers = [graph[n] for n in names]
         kind = np.asarray([[float(layer.kind == c) for c in LAYER_KINDS] for layer in layers]).reshape(-1, 4)
         raw = np.asarray([[layer.in_channels, layer.out_channels, layer.kernel[0], layer.stride[0],
@@ -202,6 +197,8 @@ class DDPGStrategy(Strategy):
         totals, _ = self._price([baseline_policy(n, self.space.graph) for n in names])
         self.baselines = {n: {m: float(v[i]) for m, v in totals.items()} for i, n in enumerate(names)}
         self.bounds = {c.text: c.bound(self.baselines) for c in self.hardware}
+        self.projector = Projector(self.space, self.hardware, self.bounds,
+                                   lambda vecs: self._price(self.space.decode_batch(vecs))[0])
         costs = [o.metric for o in self.problem.objectives if not o.maximise]
         if self.hardware:
             self.budget_metric, self.budget_scale = self.hardware[0].metric, self.bounds[self.hardware[0].text]
@@ -214,11 +211,6 @@ class DDPGStrategy(Strategy):
         cfg = self.problem.config
         result = price(self.space.graph, self.space.target, policies, model=cfg.cost_model, batch=cfg.batch)
         return cost_metrics(result, cfg.carbon.pue, cfg.carbon.grid_g_per_kwh), result
-
-    def _violations(self, vecs: np.ndarray) -> np.ndarray:
-        """Hardware violations (N, C), <= 0 where a bound holds."""
-        totals, _ = self._price(self.space.decode_batch(vecs))
-        return np.stack([c.violation(totals[c.metric], self.bounds[c.text]) for c in self.hardware], axis=1)
 
     # -- states and actions ------------------------------------------------------------------------
 
@@ -276,34 +268,8 @@ class DDPGStrategy(Strategy):
         return vec
 
     def adjust(self, vec: np.ndarray) -> np.ndarray:
-        """Lower knobs, last layer first, until ``vec`` meets the hardware bounds or every knob is at its minimum.
-
-        Each pass walks the layers backwards and lowers, by one choice, the layer's knob whose step most reduces
-        the violated bounds; the first policy of the pass that meets them all ends the adjustment."""
-        if not self.hardware:
-            return vec
-        current = self._violations(vec[None])[0]
-        while (current > 0).any():
-            dims = np.asarray([d for d in range(len(vec)) if self.lower[d][vec[d]] >= 0], dtype=np.int64)
-            if not len(dims):
-                break
-            lowered = np.repeat(vec[None], len(dims), 0)
-            lowered[np.arange(len(dims)), dims] = [self.lower[d][vec[d]] for d in dims]
-            saving = dict(zip(dims.tolist(), (current - self._violations(lowered))[:, current > 0].sum(1)))
-            helps = max(saving.values()) > 0  # if no single step helps, step on towards the minimum anyway
-            chain, step = [], vec.copy()
-            for row in self.dims[::-1]:
-                gains = [(saving[d], d) for d in row if d in saving and (saving[d] > 0 or not helps)]
-                if gains:
-                    d = max(gains)[1]
-                    step = step.copy()
-                    step[d] = self.lower[d][step[d]]
-                    chain.append(step)
-            violations = self._violations(np.stack(chain))
-            ok = np.flatnonzero((violations <= 0).all(1))
-            i = ok[0] if len(ok) else len(chain) - 1
-            vec, current = chain[i], violations[i]
-        return vec
+        """``vec`` lowered, last layer first, until it meets the hardware bounds (:mod:`~picojoule.search.projection`)."""
+        return self.projector(vec)
 
     # -- Strategy ----------------------------------------------------------------------------------
 

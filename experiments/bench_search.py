@@ -24,7 +24,7 @@ run keep the figures an earlier run wrote.
 
 Run (from the repository root): python experiments/bench_search.py [--k 50 --m 200] [--strategies ddpg random]
     [--parts quality overhead ray] [--test-images 500] [--overhead-trials 300] [--ray-trials 12] [--ddpg-warmup 8]
-    [--finetune-seconds 120]
+    [--finetune-seconds 120] [--augment] [--runs DIR]  (--parts finetune: the final fine-tune again on DIR's runs)
 Writes experiments/results/bench_search.{json,md}.
 """
 
@@ -52,7 +52,7 @@ from picojoule.search.problem import CALIB_BATCH, Problem, build_problem
 HERE = Path(__file__).parent
 CONFIG = HERE / "configs" / "resnet20_eyeriss.yaml"
 STRATEGY_OPTIONS = {"nsga2": {"population_size": 20}}
-PARTS = ("quality", "overhead", "ray")
+PARTS = ("quality", "finetune", "overhead", "ray")
 UNIFORMS = {"FP32": "fp32", "uniform W8A8": "uniform_int8", "uniform W4A8": "uniform_w4a8"}
 WARM_STARTS = ["uniform_int8", "uniform_w4a8", "uniform_w4a4"]
 
@@ -132,16 +132,32 @@ def best_feasible(recorder: Recorder, evaluations: int) -> TrialRecord | None:
     return max(measured, key=lambda r: (r.metrics["accuracy"], -r.number), default=None)
 
 
-def finetuned(problem: Problem, record: TrialRecord, seconds: float) -> dict[str, Any]:
-    """``record``'s policy fine-tuned for ``seconds`` (KD from the FP32 model) and tested."""
+def replay(run_dir: Path, problem: Problem) -> Recorder:
+    """A finished quality run's trials from its journal, counted as the live run's recorder counted them."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from picojoule.search.journal import JOURNAL, STUDY_NAME, read_records
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(run_dir / JOURNAL))))
+    recorder = Recorder()
+    for record in read_records(study, problem.space):
+        if record.counted:
+            recorder(record)
+    return recorder
+
+
+def finetuned(problem: Problem, record: TrialRecord, seconds: float, augment: bool = False) -> dict[str, Any]:
+    """``record``'s policy fine-tuned for ``seconds`` (KD from the FP32 model; ``augment``: crop+flip) and tested."""
     cfg = problem.config
     test = problem.data.test.subset(cfg.evaluation.test_images) if cfg.evaluation.test_images else problem.data.test
     _, result = evaluate_policy(problem.model, problem.example, problem.space.decode(record.vec), test,
                                 graph=problem.graph, calib_data=problem.data.calibration, train_data=problem.data.train,
                                 calib_batches=-(-cfg.evaluation.calibration_images // CALIB_BATCH),
-                                finetune_seconds=seconds, seed=cfg.seed)
+                                finetune_seconds=seconds, augment=augment, seed=cfg.seed)
     return {"trial": record.number, "before": record.metrics["accuracy"], "after": result["accuracy"],
-            "steps": result["finetune"]["steps"], "seconds": result["seconds"]}
+            "steps": result["finetune"]["steps"], "seconds": result["seconds"], "augment": augment}
 
 
 def uniforms(problem: Problem) -> tuple[dict[str, Any], str, float, str]:
@@ -181,18 +197,19 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += [f"Best feasible accuracy and hypervolume (accuracy x energy under the bound) after K = {k} and "
                   f"M = {m} accuracy evaluations.", "",
                   f"| strategy | best acc @{k} | HV @{k} | best acc @{m} | HV @{m} | trials @{m} | feasible measured "
-                  f"| wall s | best @{m} after {a['finetune_seconds']:.0f} s KD fine-tune |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"| wall s | best @{m} after KD fine-tune | same, with crop+flip |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        tuned = lambda f: "—" if f is None else f"{pct(f['after'])} ({f['seconds']:.0f} s, {f['steps']} steps)"  # noqa: E731
         for name, row in q.get("strategies", {}).items():
             at_k, at_m = row[str(k)], row[str(m)]
             lines.append(f"| {name} | {pct(at_k['best_accuracy'])} | {at_k['hypervolume']:.3f} | "
                          f"{pct(at_m['best_accuracy'])} | {at_m['hypervolume']:.3f} | {at_m['trials']} | "
                          f"{at_m['feasible_measured']} | {row['wall_s']:.0f} | "
-                         f"{pct(row['finetuned']['after']) if 'finetuned' in row else '—'} |")
+                         f"{tuned(row.get('finetuned'))} | {tuned(row.get('finetuned_augmented'))} |")
         for name, row in q.get("uniforms", {}).items():
             where = "feasible" if row["feasible"] else f"infeasible: {row[q['metric']] / q['bound']:.2f} x bound"
-            lines.append(f"| {name} (fixed) | {pct(row['accuracy'])} | {row['hypervolume']:.3f} | | | | {where} | | |")
+            lines.append(f"| {name} (fixed) | {pct(row['accuracy'])} | {row['hypervolume']:.3f} | | | | {where} | | | |")
         lines += ["", f"Goal: top-1 within 0.5 pt of FP32 ({pct(q['uniforms']['FP32']['accuracy'] - 0.005)} or more) "
                       "under the bound, every strategy above uniform."]
     if "overhead" in results:
@@ -221,6 +238,7 @@ def main() -> int:
     ap.add_argument("--warm-start", nargs="*", default=WARM_STARTS, help="baselines every strategy starts from")
     ap.add_argument("--finetune-seconds", type=float, default=120.0,
                     help="KD fine-tune of each strategy's best feasible policy at M (0: none)")
+    ap.add_argument("--augment", action="store_true", help="crop+flip augmentation in that fine-tune")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=Path, help="where the run directories go (default: a fresh temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -236,6 +254,8 @@ def main() -> int:
     results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
     for part in args.parts:
         results.pop(part, None)
+    if "finetune" in args.parts and ("quality" not in results or args.runs is None):
+        raise SystemExit("--parts finetune re-runs the final fine-tune of an earlier quality part: give its --runs")
     results.update(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    load_avg=os.getloadavg()[0])
     if "quality" in args.parts:
@@ -252,9 +272,18 @@ def main() -> int:
             row = quality["strategies"][name] = {"wall_s": wall, **{str(n): summary(rec, n, metric, bound)
                                                                     for n in (args.k, args.m)}}
             if args.finetune_seconds and (best := best_feasible(rec, args.m)) is not None:
-                row["finetuned"] = finetuned(problem, best, args.finetune_seconds)
+                row["finetuned"] = finetuned(problem, best, args.finetune_seconds, args.augment)
             print(name, json.dumps(quality["strategies"][name]), flush=True)
             write(results, args.out)
+    if "finetune" in args.parts:  # the final fine-tune again, on the quality part's saved runs (--runs)
+        problem = build_problem(config_from_dict(config_for(args.config, "random", seed=args.seed,
+                                                            evaluation=evaluation)))
+        key = "finetuned_augmented" if args.augment else "finetuned"
+        for name, row in results["quality"]["strategies"].items():
+            if (best := best_feasible(replay(runs / f"quality-{name}", problem), args.m)) is not None:
+                row[key] = finetuned(problem, best, args.finetune_seconds, args.augment)
+                print(name, json.dumps(row[key]), flush=True)
+                write(results, args.out)
     if "overhead" in args.parts:
         metric = load_config(args.config).objective_list[-1].metric
         results["overhead"] = {}

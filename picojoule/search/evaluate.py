@@ -173,13 +173,15 @@ def evaluate(
     model: nn.Module, test_data: ArrayDataset, *, calib_data: ArrayDataset | None = None,
     calibrate: Calibrate | None = None, calib_batches: int = 8, bn_reestimate: bool = False,
     finetune_steps: int = 0, finetune_seconds: float | None = None, teacher: nn.Module | None = None,
-    train_data: ArrayDataset | None = None, seed: int = 0, batch_size: int = 256, progress: bool = False,
+    train_data: ArrayDataset | None = None, augment: bool = False, seed: int = 0, batch_size: int = 256,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Repair ``model`` in place, then measure top-1 accuracy on ``test_data``.
 
     In order: BatchNorm re-estimation (``bn_reestimate``, on ``calib_data`` or else ``train_data``), the
     ``calibrate(model, batches)`` callback (``calib_batches`` batches of 128 inputs from the same data), a
-    fine-tune on ``train_data`` distilled from ``teacher`` (``finetune_steps``/``finetune_seconds``), accuracy.
+    fine-tune on ``train_data`` distilled from ``teacher`` (``finetune_steps``/``finetune_seconds``; ``augment``:
+    CIFAR crop+flip), accuracy.
     Returns ``{"accuracy", "seconds", "n_test", "bn_images", "calibrated", "finetune"}``.
     """
     start = time.perf_counter()
@@ -206,7 +208,7 @@ def evaluate(
     if finetune_steps or finetune_seconds:
         finetune = finetune_kd(model, teacher, _require_data(train_data, "fine-tune: train_data"),
                                steps=finetune_steps or None, seconds=finetune_seconds, seed=seed,
-                               progress=progress)
+                               augment=augment, progress=progress)
     acc = accuracy(model, test_data, batch_size, progress)
     return {"accuracy": acc, "seconds": time.perf_counter() - start, "n_test": len(test_data),
             "bn_images": bn_images, "calibrated": calibrate is not None, "finetune": finetune}
@@ -215,7 +217,8 @@ def evaluate(
 def evaluate_policy(
     model: nn.Module, example_input: torch.Tensor, policy: Any, test_data: ArrayDataset, *, graph: Any = None,
     calib_data: ArrayDataset | None = None, train_data: ArrayDataset | None = None, calib_batches: int = 2,
-    finetune_steps: int = 0, finetune_seconds: float | None = None, seed: int = 0, progress: bool = False,
+    finetune_steps: int = 0, finetune_seconds: float | None = None, augment: bool = False, seed: int = 0,
+    progress: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Compress ``model`` with ``policy`` and measure it: apply (prune, low rank, fake-quantize), re-estimate
     BatchNorm after pruning, calibrate activation ranges, optionally fine-tune distilled from ``model``,
@@ -230,6 +233,7 @@ def evaluate_policy(
         compressed, test_data, calib_data=calib_data, train_data=train_data, seed=seed, progress=progress,
         calibrate=calibrate_activations if info.needs_calibration else None, calib_batches=calib_batches,
         bn_reestimate=bool(info.channels), finetune_steps=finetune_steps, finetune_seconds=finetune_seconds,
+        augment=augment,
         teacher=model if (finetune_steps or finetune_seconds) else None,
     )
     result.update(seconds=time.perf_counter() - start, macs=info.macs, params=info.params,

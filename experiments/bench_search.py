@@ -278,10 +278,12 @@ def main() -> int:
     if "finetune" in args.parts:  # the final fine-tune again, on the quality part's saved runs (--runs)
         problem = build_problem(config_from_dict(config_for(args.config, "random", seed=args.seed,
                                                             evaluation=evaluation)))
-        key = "finetuned_augmented" if args.augment else "finetuned"
+        key, done = ("finetuned_augmented" if args.augment else "finetuned"), {}
         for name, row in results["quality"]["strategies"].items():
             if (best := best_feasible(replay(runs / f"quality-{name}", problem), args.m)) is not None:
-                row[key] = finetuned(problem, best, args.finetune_seconds, args.augment)
+                if best.key not in done:  # strategies whose winner is the same policy share one fine-tune
+                    done[best.key] = finetuned(problem, best, args.finetune_seconds, args.augment)
+                row[key] = {**done[best.key], "trial": best.number}
                 print(name, json.dumps(row[key]), flush=True)
                 write(results, args.out)
     if "overhead" in args.parts:

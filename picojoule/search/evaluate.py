@@ -19,6 +19,9 @@ from picojoule.data import ArrayDataset
 from picojoule.errors import PicojouleError
 
 Calibrate = Callable[[nn.Module, Sequence[torch.Tensor]], Any]
+#: test batch: 64 keeps a CIFAR ResNet's activations near the core's L2 cache: ResNet-20 W4A4 on 1017 images took
+#: 0.73 s at 64 vs 1.23-1.39 s at 256 on one thread, and two evaluations side by side contend less for memory
+TEST_BATCH = 64
 """``calibrate(model, batches)``: ``batches`` is a list of normalised input tensors on the model's device."""
 
 
@@ -53,7 +56,7 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = 256, progress: bool = False) -> float:
+def accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = TEST_BATCH, progress: bool = False) -> float:
     """Top-1 accuracy in [0, 1], computed in eval mode without gradients (the model's mode is restored)."""
     data = _require_data(data, "accuracy")
     device, correct = _device(model), 0
@@ -173,7 +176,7 @@ def evaluate(
     model: nn.Module, test_data: ArrayDataset, *, calib_data: ArrayDataset | None = None,
     calibrate: Calibrate | None = None, calib_batches: int = 8, bn_reestimate: bool = False,
     finetune_steps: int = 0, finetune_seconds: float | None = None, teacher: nn.Module | None = None,
-    train_data: ArrayDataset | None = None, augment: bool = False, seed: int = 0, batch_size: int = 256,
+    train_data: ArrayDataset | None = None, augment: bool = False, seed: int = 0, batch_size: int = TEST_BATCH,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Repair ``model`` in place, then measure top-1 accuracy on ``test_data``.

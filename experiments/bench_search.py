@@ -162,7 +162,7 @@ def finetuned(problem: Problem, record: TrialRecord, seconds: float, augment: bo
 
 def uniforms(problem: Problem) -> tuple[dict[str, Any], str, float, str]:
     """Accuracy, cost and hypervolume of the uniform baselines; the hardware bound's metric, value and text."""
-    hw = next(c for c in problem.program if not c.needs_accuracy)
+    hw = problem.program.hardware[0]
     ref = problem.cost([baseline_policy(hw.baseline, problem.graph)]) if hw.baseline else {}
     bound = hw.bound({hw.baseline: {m: float(v[0]) for m, v in ref.items()}} if hw.baseline else {})
     evaluator, out = problem.evaluator(), {}

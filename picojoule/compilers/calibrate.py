@@ -7,15 +7,15 @@
    target's own ``tvm`` section when this CPU runs its code, else the host) and timed, beside the cost
    model's prediction.
 3. :func:`fit_efficiency`: the target's ``compute.efficiency`` per op kind, ``layer_overhead_s``,
-   ``channel_exponent`` and the effective rate of each narrower compute mode fitted so that the roofline's whole-model latency matches
-   the measurements (least squares on log latency), with Spearman and MAPE before and after on held-out
+   ``channel_exponent`` and the effective rate of each narrower compute mode fitted so that the roofline's
+   whole-model latency matches the measurements (least squares on log latency), with Spearman and MAPE before and after on held-out
    policies.
 4. :func:`write_target_yaml`: the calibrated target as a YAML file ``load_target`` reads back.
 
 The roofline latency of a layer is ``max(compute * (width / ref)^beta / (eff_kind * rate_mode), memory) +
 overhead``, where ``compute`` is its work at the mode's datasheet peak and ``width`` the geometric mean of its
-kept input and output channels (untuned TVM code slows per MAC as layers widen: beta about 0.4 here). TVM lowers QuantizeLinear/DequantizeLinear to float
-arithmetic, so an 8-bit mode may run no faster than float: its *effective* peak (``rate_mode`` x datasheet,
+kept input and output channels (untuned TVM code slows per MAC as layers widen: beta about 0.6 here). TVM lowers
+QuantizeLinear/DequantizeLinear to float arithmetic, so an 8-bit mode may run no faster than float: its *effective* peak (``rate_mode`` x datasheet,
 kept between the next wider mode's effective peak and its own datasheet peak) is what the calibrated
 target states for it, its source saying so.
 """
@@ -36,7 +36,7 @@ import yaml
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
-from picojoule.hwmodels.common import compute_time
+from picojoule.hwmodels.common import channel_width, compute_time
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import OP_KINDS, Target, load_target
 from picojoule.hwmodels.workload import graph_arrays, policy_batch, workload
@@ -227,15 +227,14 @@ def _terms(graph: LayerGraph, target: Target, policies: Sequence[Policy]) -> _Te
     ga, pb = graph_arrays(graph), policy_batch(graph, list(policies))
     wl = workload(ga, ideal, pb)
     widths = np.asarray([m.bits for m in target.compute.modes], dtype=np.float64)
-    width = np.sqrt(np.maximum(wl.m * wl.c, 1.0)) / target.compute.reference_channels
     return _Terms(compute_time(ga, ideal, wl), price(graph, ideal, pb).latency_s, ga.kind,
-                  np.searchsorted(widths, wl.mode_bits), width)
+                  np.searchsorted(widths, wl.mode_bits), channel_width(wl, target.compute.reference_channels))
 
 
 def _params(target: Target) -> tuple[np.ndarray, float, np.ndarray, float]:
     """(efficiency per OP_KINDS, overhead, rate per mode = 1, channel exponent) of ``target``."""
-    eff = np.asarray([target.compute.efficiency[k] for k in OP_KINDS])
     c = target.compute
+    eff = np.asarray([c.efficiency[k] for k in OP_KINDS])
     return eff, c.layer_overhead_s, np.ones(len(c.modes)), c.channel_exponent
 
 
@@ -382,8 +381,8 @@ def _split(n: int, holdout: float, seed: int) -> list[tuple[np.ndarray, np.ndarr
 def fit_efficiency(graph: LayerGraph, target: Target | str, policies: Sequence[Policy],
                    measured: Sequence[float], holdout: float = 0.25, seed: int = 0,
                    names: Sequence[str] | None = None, measured_on: str = "this CPU") -> tuple[Target, FitStats]:
-    """Fit ``target``'s efficiencies, per-layer overhead, channel exponent and narrower modes' effective rates to the measured
-    whole-model latencies (s) of ``policies`` on ``graph``; returns the calibrated target and its statistics.
+    """Fit ``target``'s efficiencies, per-layer overhead, channel exponent and narrower modes' effective rates to
+    the measured whole-model latencies (s) of ``policies`` on ``graph``; returns the calibrated target and its statistics.
 
     ``holdout`` in (0, 1): that share of the policies (seeded) is held out, the returned target is fitted on
     the rest and the statistics are on the held-out ones. ``holdout`` 0: leave-one-out, each policy predicted

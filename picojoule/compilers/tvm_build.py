@@ -109,6 +109,8 @@ def compile_onnx(path: str | Path, target: Target | str | tvm.target.Target,
     fixed: TVM's importer cannot take the Shape arithmetic of a symbolic batch into e.g. ScatterElements).
     ``tune_trials`` > 0: MetaSchedule tuning with that many trials in all, its records in ``tune_dir``
     (default: beside the ONNX file)."""
+    if tune_trials < 0:
+        raise PicojouleError(f"tune trials must be >= 0, got {tune_trials}")
     tvm = _tvm()
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
@@ -126,8 +128,6 @@ def compile_onnx(path: str | Path, target: Target | str | tvm.target.Target,
         mod = from_onnx(model)
     except Exception as exc:  # the importer raises ValueError/TVMError/KeyError for unsupported graphs
         raise PicojouleError(f"{path}: TVM's ONNX importer failed: {_message(exc)}") from exc
-    if tune_trials < 0:
-        raise PicojouleError(f"tune trials must be >= 0, got {tune_trials}")
     if tune_trials:
         _check_runs_here(tgt, "tuning times candidates on this CPU, so ")
         return _tuned_build(mod, tgt, tune_trials, Path(tune_dir) if tune_dir else path.with_suffix(".tuning"))
@@ -147,13 +147,13 @@ def tune_cost_model() -> str:
 
 def _tuned_build(mod: Any, tgt: Any, trials: int, work_dir: Path) -> tvm.runtime.Executable:
     """MetaSchedule: tune ``mod``'s fused kernels on this CPU (records in ``work_dir``), then build with them."""
+    import psutil
+
     tvm = _tvm()
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    import psutil
-
     cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1  # MetaSchedule needs the physical core count
     tgt = tvm.target.Target({"kind": "llvm", "mcpu": str(tgt.attrs["mcpu"]), "num-cores": cores})
     with tgt:  # legalize and fuse first: the fused kernels are the tuning tasks (none are found before)

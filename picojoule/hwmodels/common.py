@@ -60,11 +60,14 @@ def _sparse_factor(pattern: str, sparsity: np.ndarray) -> np.ndarray:
     return np.ones_like(sparsity)
 
 
+def channel_width(wl: Workload, reference: int) -> np.ndarray:
+    """(N, L) each layer's width relative to ``reference``: sqrt(kept in x kept out channels) / reference."""
+    return np.sqrt(np.maximum(wl.m * wl.c, 1.0)) / reference
+
+
 def channel_scale(wl: Workload, exponent: float, reference: int) -> np.ndarray | float:
-    """(N, L) factor on compute time for each layer's width: (sqrt(kept in x kept out channels) / reference)^exponent."""
-    if exponent == 0:
-        return 1.0
-    return (np.sqrt(np.maximum(wl.m * wl.c, 1.0)) / reference) ** exponent
+    """(N, L) factor on compute time for each layer's width: :func:`channel_width` ** ``exponent``."""
+    return 1.0 if exponent == 0 else channel_width(wl, reference) ** exponent
 
 
 def compute_time(ga: GraphArrays, target: Target, wl: Workload) -> np.ndarray:

@@ -33,11 +33,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from picojoule.errors import PicojouleError
-from picojoule.yamlfile import read_yaml, validated
 from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
 from picojoule.search.baselines import baseline_bits
 from picojoule.search.constraints import ConstraintProgram
 from picojoule.search.metrics import METRICS, OBJECTIVE_METRICS
+from picojoule.yamlfile import read_yaml, validated
 
 DIGITS = "digits"
 STRATEGIES = ("nsga2", "tpe", "gp", "random", "ddpg")

@@ -158,6 +158,11 @@ class ConstraintProgram:
         return any(c.needs_accuracy for c in self.constraints)
 
     @property
+    def hardware(self) -> list[Constraint]:
+        """The constraints the cost model alone decides (no accuracy)."""
+        return [c for c in self.constraints if not c.needs_accuracy]
+
+    @property
     def accuracy_baselines(self) -> list[str]:
         """Baselines whose accuracy a bound needs."""
         return list(dict.fromkeys(c.baseline for c in self.constraints if c.baseline and c.needs_accuracy))
@@ -169,8 +174,8 @@ class ConstraintProgram:
     def violations(self, metrics: Mapping[str, np.ndarray | float], bounds: Mapping[str, float],
                    hardware_only: bool = False) -> dict[str, np.ndarray]:
         """Violation of each constraint (or each hardware one) for the given metric values (scalars or (N,))."""
-        return {c.text: c.violation(metrics[c.metric], bounds[c.text]) for c in self.constraints
-                if not (hardware_only and c.needs_accuracy)}
+        return {c.text: c.violation(metrics[c.metric], bounds[c.text])
+                for c in (self.hardware if hardware_only else self.constraints)}
 
 
 def all_hold(violations: Mapping[str, np.ndarray | float]) -> np.ndarray:

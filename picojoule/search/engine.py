@@ -123,8 +123,8 @@ def warm_start_trials(problem: Problem, bounds: dict[str, float]) -> list[tuple[
     """The config's warm starts as (params, user attributes): each baseline projected onto the hardware bounds
     (:mod:`~picojoule.search.projection`), so that a budget-constrained search starts from feasible policies near
     them instead of spending trials on baselines the cost model already rules out."""
-    hardware = [c for c in problem.program if not c.needs_accuracy]
-    project = Projector(problem.space, hardware, bounds, lambda vecs: problem.cost(problem.space.decode_batch(vecs)))
+    project = Projector(problem.space, problem.program, bounds,
+                        lambda vecs: problem.cost(problem.space.decode_batch(vecs)))
     out = []
     for name in problem.config.warm_start:
         vec = problem.space.encode(baseline_policy(name, problem.graph))

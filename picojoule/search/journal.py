@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.distributions import IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._storage import JournalOperation  # the record kinds (optuna 5.0)
@@ -101,6 +102,11 @@ def open_study(run_dir: Path, directions: list[str], sampler: optuna.samplers.Ba
     if [d.name.lower() for d in study.directions] != directions:
         raise PicojouleError(f"{path}: the journal's objectives differ from the config's; start a new run")
     return study
+
+
+def knob_distributions(space: Space) -> dict[str, IntDistribution]:
+    """Each knob as an Optuna integer param over its choice indices."""
+    return {k.name: IntDistribution(0, len(k.choices) - 1) for k in space.knobs}
 
 
 def knob_params(space: Space, vec: np.ndarray) -> dict[str, int]:

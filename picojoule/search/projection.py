@@ -8,11 +8,11 @@ The DDPG strategy adjusts each episode's policy this way; the engine projects wa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from picojoule.search.constraints import Constraint
+from picojoule.search.constraints import ConstraintProgram
 from picojoule.spaces.space import Knob, Space
 
 #: N policies' choice-index vectors (N, D) -> their total metrics, each an (N,) array
@@ -26,10 +26,11 @@ def knob_capacity(knob: Knob, space: Space) -> np.ndarray:
 
 
 class Projector:
-    """Lowers a vector's knobs onto the ``hardware`` constraints' ``bounds``; ``cost`` prices vectors."""
+    """Lowers a vector's knobs onto the hardware constraints of ``program`` (their ``bounds``); ``cost`` prices
+    vectors."""
 
-    def __init__(self, space: Space, hardware: Sequence[Constraint], bounds: dict[str, float], cost: Costing):
-        self.space, self.hardware, self.bounds, self.cost = space, list(hardware), bounds, cost
+    def __init__(self, space: Space, program: ConstraintProgram, bounds: Mapping[str, float], cost: Costing):
+        self.space, self.program, self.bounds, self.cost = space, program, bounds, cost
         self.lower = []  # per knob: the index of the next lower-capacity choice of each choice (-1: none)
         for knob in space.knobs:
             cap = knob_capacity(knob, space)
@@ -41,12 +42,12 @@ class Projector:
 
     def violations(self, vecs: np.ndarray) -> np.ndarray:
         """Hardware violations (N, C), <= 0 where a bound holds."""
-        totals = self.cost(vecs)
-        return np.stack([c.violation(totals[c.metric], self.bounds[c.text]) for c in self.hardware], axis=1)
+        violations = self.program.violations(self.cost(vecs), self.bounds, hardware_only=True)
+        return np.stack(list(violations.values()), axis=1)
 
     def __call__(self, vec: np.ndarray) -> np.ndarray:
         """``vec`` lowered, last layer first, until it meets the bounds or every knob is at its minimum."""
-        if not self.hardware:
+        if not self.program.hardware:
             return vec
         current = self.violations(vec[None])[0]
         while (current > 0).any():

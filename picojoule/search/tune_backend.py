@@ -29,7 +29,7 @@ from picojoule.errors import PicojouleError
 from picojoule.search.constraints import all_hold
 from picojoule.search.engine import SearchResult, baselines_of, finish_run, jsonable, score, warm_start_trials
 from picojoule.search.executors import safe_evaluate
-from picojoule.search.journal import STUDY_NAME, open_study, read_records, recover_interrupted
+from picojoule.search.journal import STUDY_NAME, knob_distributions, open_study, read_records, recover_interrupted
 from picojoule.search.parallel import init_ray
 from picojoule.search.problem import Problem
 from picojoule.search.strategies import make_sampler
@@ -108,11 +108,8 @@ def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, wher
         done = sum(r.counted for r in read_records(study, problem.space))
         remaining = max(cfg.trials - done, 0)
         if remaining:
-            from optuna.distributions import IntDistribution
-
-            space = {k.name: IntDistribution(0, len(k.choices) - 1) for k in problem.space.knobs}
             searcher = _searcher_class()(
-                space=space, metric=[f"{OBJECTIVE}{i}" for i in range(len(directions))],
+                space=knob_distributions(problem.space), metric=[f"{OBJECTIVE}{i}" for i in range(len(directions))],
                 mode=["max" if o.maximise else "min" for o in problem.objectives], sampler=sampler,
                 study_name=STUDY_NAME, storage=study._storage)  # the run's journal storage
             trainable = tune.with_resources(

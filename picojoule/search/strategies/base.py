@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
+from picojoule.search.journal import knob_distributions
 from picojoule.spaces.space import Space
 
 Handle = optuna.trial.Trial
@@ -43,7 +43,7 @@ class Strategy(ABC):
 
     def __init__(self, space: Space, study: optuna.Study):
         self.space, self.study = space, study
-        self.distributions = {k.name: IntDistribution(0, len(k.choices) - 1) for k in space.knobs}
+        self.distributions = knob_distributions(space)
 
     @abstractmethod
     def ask(self) -> tuple[Handle, np.ndarray]:

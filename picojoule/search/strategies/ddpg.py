@@ -192,12 +192,12 @@ class DDPGStrategy(Strategy):
     def _build_budget(self) -> None:
         """Hardware bounds, and the metric (and its scale) that the budget features are counted in."""
         program = self.problem.program
-        self.hardware = [c for c in program if not c.needs_accuracy]
+        self.hardware = program.hardware
         names = list(dict.fromkeys(["fp32", *program.baselines]))
         totals, _ = self._price([baseline_policy(n, self.space.graph) for n in names])
         self.baselines = {n: {m: float(v[i]) for m, v in totals.items()} for i, n in enumerate(names)}
         self.bounds = {c.text: c.bound(self.baselines) for c in self.hardware}
-        self.projector = Projector(self.space, self.hardware, self.bounds,
+        self.projector = Projector(self.space, program, self.bounds,
                                    lambda vecs: self._price(self.space.decode_batch(vecs))[0])
         costs = [o.metric for o in self.problem.objectives if not o.maximise]
         if self.hardware:

@@ -118,3 +118,12 @@ def test_search_offers_every_strategy_and_backend():
     for strategy in STRATEGIES:
         assert build_parser().parse_args(["search", "--strategy", strategy]).strategy == strategy
     assert build_parser().parse_args(["search", "--backend", "ray-tune"]).backend == "ray-tune"
+
+
+def test_strategy_override_drops_the_other_strategys_options(tmp_path):
+    """The embedded default gives NSGA-II a population size; --strategy ddpg/tpe must not inherit it."""
+    for strategy in ("ddpg", "tpe"):
+        out = run("search", "--strategy", strategy, "--trials", "3", "--out", str(tmp_path / strategy), "--quiet")
+        assert out.returncode == 0, out.stderr
+        saved = yaml.safe_load((tmp_path / strategy / "config.yaml").read_text())
+        assert saved["strategy"] == strategy and saved["strategy_options"] == {}

@@ -255,7 +255,8 @@ def load_config(path: str | Path) -> SearchConfig:
 
 
 def resolve_config(config: SearchConfig | dict[str, Any] | str | Path, **overrides: Any) -> tuple[SearchConfig, str]:
-    """A validated config from a path, a mapping or a config, with ``overrides`` applied; and its source name."""
+    """A validated config from a path, a mapping or a config, with ``overrides`` applied; and its source name.
+    Overriding ``strategy`` (``--strategy``) drops the config's ``strategy_options`` unless they are overridden too."""
     if isinstance(config, SearchConfig):
         base, source = config.dump(), "config"
     elif isinstance(config, dict):
@@ -266,6 +267,8 @@ def resolve_config(config: SearchConfig | dict[str, Any] | str | Path, **overrid
     unknown = [k for k in overrides if k not in SearchConfig.model_fields]
     if unknown:
         raise PicojouleError(f"run_search: unknown override '{unknown[0]}' (expected a config field)")
+    if overrides.get("strategy") not in (None, base.get("strategy")) and "strategy_options" not in overrides:
+        base.pop("strategy_options", None)  # the config's options belong to its own strategy
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}

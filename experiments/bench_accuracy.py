@@ -25,7 +25,7 @@ from picojoule.data import load_npz
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.search.evaluate import accuracy, evaluate_policy
-from picojoule.spaces.policy import LayerPolicy, Policy
+from picojoule.policy import LayerPolicy, Policy
 from picojoule.zoo import build_model
 
 HERE = Path(__file__).parent

@@ -27,7 +27,7 @@ import torch
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import load_target
-from picojoule.hwmodels.workload import PolicyBatch
+from picojoule.policy import PolicyBatch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

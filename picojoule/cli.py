@@ -52,7 +52,7 @@ def _cost(args: argparse.Namespace) -> int:
     from picojoule.graph import build_graph
     from picojoule.hwmodels.costs import price, report
     from picojoule.hwmodels.target import load_target
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     target = load_target(args.target)
     graph = build_graph(args.model)
@@ -93,7 +93,7 @@ def _apply(args: argparse.Namespace) -> int:
     from picojoule.models import load_torch_model, save_compressed
     from picojoule.search.evaluate import accuracy, evaluate_policy
     from picojoule.spaces.formats import validate_policy
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     model, example = load_torch_model(args.model, args.weights)
     graph = build_graph(model, example, name=args.model)
@@ -152,7 +152,7 @@ _FORMATS = ("haq", "amc", "torch-pruning")
 def _policy(args: argparse.Namespace) -> int:
     from picojoule.graph import build_graph
     from picojoule.spaces import formats
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     graph = build_graph(args.model)
     if args.from_format:

@@ -62,7 +62,7 @@ def load_compressed(path: str | Path, weights: str | os.PathLike | None = None) 
     """Rebuild a model saved by :func:`save_compressed`: the architecture from its model and policy, then
     its weights. Returns (compressed model in eval mode, policy)."""
     from picojoule.spaces.apply import apply_policy
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     path = Path(path)
     try:

@@ -16,7 +16,7 @@ from picojoule.graph import LayerGraph, build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.search.evaluate import accuracy, reestimate_batchnorm
 from picojoule.spaces.apply import ChannelMapShortcut, apply_policy, replace_pad_shortcuts
-from picojoule.spaces.policy import LayerPolicy, Policy
+from picojoule.policy import LayerPolicy, Policy
 from picojoule.spaces.quantize import calibrate_activations
 from picojoule.zoo import PadShortcut, build_model
 

@@ -19,7 +19,7 @@ from picojoule.errors import PicojouleError
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import OP_KINDS, Target, load_target
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 
 torch.set_num_threads(1)
 tvm = pytest.importorskip("tvm")

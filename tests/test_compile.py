@@ -165,7 +165,7 @@ def test_tvm_host_build_matches_onnxruntime(w8a8, resnet20, images, tmp_path):
 @pytest.mark.slow
 def test_tvm_builds_for_cpu_avx512(w8a8, resnet20, tmp_path):
     from picojoule.graph import build_graph
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     q, path = w8a8
     model, example = resnet20
@@ -197,7 +197,7 @@ def test_tvm_builds_for_cuda_without_gpu(w8a8, resnet20, tmp_path):
 def test_pruned_model_builds_and_runs_faster(resnet20, images, tmp_path):
     apply = pytest.importorskip("picojoule.spaces.apply")
     from picojoule.graph import build_graph
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     model, example = resnet20
     graph = build_graph(model, example)

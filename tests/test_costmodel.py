@@ -12,8 +12,8 @@ from picojoule.graph import build_graph
 from picojoule.hwmodels.carbon import co2e_grams, footprint_grams
 from picojoule.hwmodels.costs import price, report
 from picojoule.hwmodels.target import load_target, target_names
-from picojoule.hwmodels.workload import PolicyBatch
-from picojoule.spaces.policy import LayerPolicy, Policy
+from picojoule.policy import PolicyBatch
+from picojoule.policy import LayerPolicy, Policy
 
 # One conv layer: 16 -> 32 channels, 3x3, stride 1, 8x8 output. MACs = 8*8*32*16*9, W = 32*16*9.
 MACS, WEIGHTS, IN_ELEMS, OUT_ELEMS = 294_912, 4_608, 1_024, 2_048

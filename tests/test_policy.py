@@ -18,7 +18,7 @@ from picojoule.spaces.formats import (
     to_torch_pruning,
     validate_policy,
 )
-from picojoule.spaces.policy import POLICY_VERSION, LayerPolicy, Policy
+from picojoule.policy import POLICY_VERSION, LayerPolicy, Policy
 from picojoule.spaces.space import Space
 
 
@@ -182,7 +182,7 @@ def test_keep_on_any_one_member_sets_the_group():
     from picojoule.graph import build_graph
     from picojoule.hwmodels.costs import price
     from picojoule.spaces.formats import validate_policy
-    from picojoule.spaces.policy import LayerPolicy, Policy, group_keeps
+    from picojoule.policy import LayerPolicy, Policy, group_keeps
 
     graph = build_graph("resnet20")
     member = Policy(layers={"layer2.1.conv2": LayerPolicy(keep=0.5)})

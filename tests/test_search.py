@@ -22,7 +22,7 @@ from picojoule.search.config import load_config
 from picojoule.search.constraints import parse_constraint
 from picojoule.search.engine import SearchResult, run_search
 from picojoule.search.journal import TrialRecord
-from picojoule.spaces.policy import LayerPolicy, Policy
+from picojoule.policy import LayerPolicy, Policy
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = {

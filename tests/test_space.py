@@ -13,7 +13,8 @@ from picojoule.errors import PicojouleError
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import load_target
-from picojoule.hwmodels.workload import KNOBS, policy_batch
+from picojoule.hwmodels.workload import policy_batch
+from picojoule.policy import KNOBS
 from picojoule.spaces.space import DEFAULT_KEEP, Space
 
 TARGETS = ("eyeriss", "a100", "edge-npu")

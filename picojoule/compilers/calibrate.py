@@ -40,7 +40,7 @@ from picojoule.hwmodels.common import channel_width, compute_time
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import OP_KINDS, Target, load_target
 from picojoule.hwmodels.workload import graph_arrays, policy_batch, workload
-from picojoule.spaces.policy import FLOAT_BITS, Policy
+from picojoule.policy import FLOAT_BITS, Policy
 from picojoule.spaces.space import Space
 
 __all__ = ["FitStats", "Measurement", "fit_efficiency", "measure_policies", "noise_batch", "predict_latency",

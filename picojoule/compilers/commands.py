@@ -43,7 +43,7 @@ def chosen_policy(run_dir: Path) -> Path:
 
 def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any, str, str | None, str]:
     """(policy, model spec, weights, artifact name) of a policy file or a search run directory."""
-    from picojoule.spaces.policy import Policy
+    from picojoule.policy import Policy
 
     config: dict[str, Any] = {}
     if source.is_dir():

@@ -15,7 +15,7 @@ from picojoule.compilers.report import build_report, write_report
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
 from picojoule.hwmodels.target import load_target
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 
 __all__ = ["deploy"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from picojoule.graph import LayerGraph
 from picojoule.hwmodels.target import Target
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 
 __all__ = ["REPORT_VERSION", "build_report", "predicted_latency", "write_report"]
 

@@ -11,8 +11,9 @@ from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.eyeriss import eyeriss
 from picojoule.hwmodels.roofline import roofline
 from picojoule.hwmodels.target import Target, load_target
-from picojoule.hwmodels.workload import PolicyBatch, graph_arrays, policy_batch, workload
-from picojoule.spaces.policy import Policy
+from picojoule.hwmodels.workload import graph_arrays, policy_batch, workload
+from picojoule.policy import PolicyBatch
+from picojoule.policy import Policy
 
 COST_MODELS = {"roofline": roofline, "eyeriss": eyeriss}
 

@@ -24,10 +24,7 @@ import numpy as np
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
 from picojoule.hwmodels.target import OP_KINDS, Target
-from picojoule.spaces.policy import Policy, group_keeps
-
-KNOBS = ("w_bits", "a_bits", "keep", "rank", "sparsity")
-
+from picojoule.policy import KNOBS, Policy, PolicyBatch, group_keeps, kept_channels
 
 @dataclass(frozen=True)
 class GraphArrays:
@@ -143,25 +140,6 @@ def _reader(graph: LayerGraph, i: int) -> int:
     return i
 
 
-@dataclass
-class PolicyBatch:
-    """N policies over one graph's L layers: each knob an (N, L) array."""
-
-    w_bits: np.ndarray
-    a_bits: np.ndarray
-    keep: np.ndarray
-    rank: np.ndarray
-    sparsity: np.ndarray
-
-    def __len__(self) -> int:
-        return self.w_bits.shape[0]
-
-    @classmethod
-    def uniform(cls, n: int, n_layers: int, **values: float) -> PolicyBatch:
-        defaults = {"w_bits": 32, "a_bits": 32, "keep": 1.0, "rank": 0, "sparsity": 0.0} | values
-        return cls(**{k: np.full((n, n_layers), float(defaults[k])) for k in KNOBS})
-
-
 def policy_batch(graph: LayerGraph, policies: Sequence[Policy]) -> PolicyBatch:
     """Stack policies (keyed by layer name) into arrays in the graph's layer order."""
     rows = {k: np.empty((len(policies), len(graph))) for k in KNOBS}
@@ -197,13 +175,6 @@ class Workload:
     c: np.ndarray
     rank: np.ndarray  # effective rank, 0 where not split
     sparsity: np.ndarray
-
-
-def kept_channels(channels, keep):
-    """Channels left when ``keep`` of ``channels`` are kept: rounded to nearest (ties to even), at least one.
-    The one rule shared by the cost models and by the code that really prunes (scalars or arrays)."""
-    kept = np.maximum(np.rint(np.asarray(channels, dtype=np.float64) * keep), 1.0)
-    return int(kept) if kept.ndim == 0 else kept
 
 
 def _pad(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:

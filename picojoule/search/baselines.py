@@ -15,7 +15,7 @@ import re
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
-from picojoule.spaces.policy import FLOAT_BITS, LayerPolicy, Policy
+from picojoule.policy import FLOAT_BITS, LayerPolicy, Policy
 
 BASELINE_RE = re.compile(r"^(fp32|uniform_int(\d{1,2})|uniform_w(\d{1,2})a(\d{1,2}))$")
 #: the baselines every report shows

@@ -31,7 +31,7 @@ from picojoule.search.problem import Evaluator, Problem, build_problem
 from picojoule.search.projection import Projector
 from picojoule.search.rundir import check_run_dir, run_lock, saved_config_path, write_config
 from picojoule.search.strategies import Strategy, make_sampler, make_strategy
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 
 Callback = Callable[[TrialRecord], None]
 

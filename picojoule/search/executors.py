@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from picojoule.search.problem import Evaluator
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 
 Outcome = tuple[Any, dict[str, Any] | None, str | None]
 

@@ -19,7 +19,7 @@ from picojoule.errors import PicojouleError
 from picojoule.search.config import EvaluationConfig
 from picojoule.search.executors import Outcome, safe_evaluate
 from picojoule.search.problem import Datasets, Evaluator, Problem
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 
 
 class EvaluatorActor:

@@ -20,12 +20,12 @@ from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph, build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import Target, load_target
-from picojoule.hwmodels.workload import PolicyBatch
+from picojoule.policy import PolicyBatch
 from picojoule.search.config import DIGITS, EvaluationConfig, Objective, SearchConfig
 from picojoule.search.constraints import ConstraintProgram
 from picojoule.search.evaluate import evaluate_policy
 from picojoule.search.metrics import cost_metrics
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 from picojoule.spaces.space import Space
 
 CALIB_BATCH = 128  # evaluate() draws activation-calibration batches of this size

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph, PruningGroup, build_graph
-from picojoule.hwmodels.workload import kept_channels
+
 from picojoule.spaces.lowrank import apply_lowrank
-from picojoule.spaces.policy import FLOAT_BITS, Policy, group_keeps
+from picojoule.policy import FLOAT_BITS, Policy, group_keeps, kept_channels
 from picojoule.spaces.quantize import get_layer, quantize_model
 from picojoule.zoo import PadShortcut
 
@@ -42,7 +42,6 @@ __all__ = ["ApplyInfo", "ChannelMapPruner", "ChannelMapShortcut", "apply_policy"
            "replace_pad_shortcuts"]
 
 Importance = Literal["l1", "random"]
-
 
 class ChannelMapShortcut(nn.Module):
     """Shortcut that subsamples space by ``stride`` and copies input channel ``src[i]`` to output channel
@@ -83,7 +82,6 @@ class ChannelMapShortcut(nn.Module):
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}"
 
-
 class ChannelMapPruner(tp.pruner.function.BasePruningFunc):
     """Torch-Pruning handler for :class:`ChannelMapShortcut`: input and output channels prune independently
     (prune_in_channels != prune_out_channels, so Torch-Pruning sees no intra-layer coupling)."""
@@ -104,7 +102,6 @@ class ChannelMapPruner(tp.pruner.function.BasePruningFunc):
     def get_in_channels(self, layer: ChannelMapShortcut) -> int:
         return layer.in_channels
 
-
 @dataclass
 class ApplyInfo:
     """What :func:`apply_policy` did, and the compressed model's real size (per sample).
@@ -124,7 +121,6 @@ class ApplyInfo:
     macs: int = 0
     params: int = 0
     needs_calibration: bool = False
-
 
 def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
     """MACs per sample of every Conv2d/Linear in one eval-mode forward (forward hooks), and all parameters
@@ -150,7 +146,6 @@ def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int
         for m, training in flags:
             m.training = training
     return macs // example_input.shape[0], sum(p.numel() for p in model.parameters())
-
 
 def apply_policy(model: nn.Module, example_input: Tensor, policy: Policy, graph: LayerGraph | None = None,
                  importance: Importance = "l1", seed: int = 0) -> tuple[nn.Module, ApplyInfo]:
@@ -181,9 +176,7 @@ def apply_policy(model: nn.Module, example_input: Tensor, policy: Policy, graph:
     model.train(training)  # Torch-Pruning's tracing leaves the model in eval mode
     return model, info
 
-
 # ---------------------------------------------------------------------------------------------- pruning
-
 
 def replace_pad_shortcuts(model: nn.Module) -> int:
     """Replace each PadShortcut of ``model`` in place by its exact ChannelMapShortcut twin; returns how many."""
@@ -192,12 +185,10 @@ def replace_pad_shortcuts(model: nn.Module) -> int:
         model.set_submodule(name, ChannelMapShortcut.from_pad(model.get_submodule(name)))
     return len(pads)
 
-
 def _pruned_groups(policy: Policy, graph: LayerGraph) -> list[tuple[PruningGroup, int]]:
     """(group, channels to keep) for each group whose keep is below 1."""
     kept = [(g, kept_channels(g.channels, k)) for g, k in zip(graph.groups, group_keeps(policy, graph))]
     return [(g, k) for g, k in kept if k < g.channels]
-
 
 def _channel_scores(members: list[nn.Module], importance: Importance, gen: torch.Generator) -> Tensor:
     """Importance of each output channel: L1 norm of its weights summed over ``members``, or random."""
@@ -205,7 +196,6 @@ def _channel_scores(members: list[nn.Module], importance: Importance, gen: torch
     if importance == "random":
         return torch.rand(channels, generator=gen)
     return sum(m.weight.detach().abs().flatten(1).sum(1).double() for m in members)
-
 
 def _prune(model: nn.Module, example_input: Tensor, policy: Policy, graph: LayerGraph, importance: Importance,
            seed: int) -> dict[str, list[int]]:
@@ -231,7 +221,6 @@ def _prune(model: nn.Module, example_input: Tensor, policy: Policy, graph: Layer
     _check_channels(model, policy, graph)
     return drops
 
-
 def _check_channels(model: nn.Module, policy: Policy, graph: LayerGraph) -> None:
     """Every conv/linear must have the channel counts the cost model assumes after pruning."""
     keep = {g.id: policy.for_layer(g.anchor).keep for g in graph.groups}
@@ -248,9 +237,7 @@ def _check_channels(model: nn.Module, policy: Policy, graph: LayerGraph) -> None
             raise PicojouleError(f"layer '{layer.name}': pruning left (out, in) channels {real}, the layer graph "
                                  f"expects {want}: Torch-Pruning couples this layer differently")
 
-
 # ---------------------------------------------------------------------------------------- rank and bits
-
 
 def _ranks(model: nn.Module, policy: Policy, graph: LayerGraph) -> dict[str, int]:
     """Rank of each layer to split, clipped to the (pruned) layer's full rank min(out, in * kh * kw)."""
@@ -261,7 +248,6 @@ def _ranks(model: nn.Module, policy: Policy, graph: LayerGraph) -> dict[str, int
             weight = get_layer(model, layer.name, "policy").weight
             ranks[layer.name] = min(rank, weight.shape[0], weight[0].numel())
     return ranks
-
 
 def _bits(policy: Policy, graph: LayerGraph, split: Collection[str]) -> dict[str, tuple[int, int]]:
     """(w_bits, a_bits) of each module to fake-quantize; both halves of a ``split`` layer take its bits."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import Layer, LayerGraph
-from picojoule.spaces.policy import LayerPolicy, Policy, group_keeps
+from picojoule.policy import LayerPolicy, Policy, group_keeps
 
 #: decimal places kept when converting keep <-> pruning ratio (1 - (1 - k) is not always k in floats)
 _RATIO_DIGITS = 12

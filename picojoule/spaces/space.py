@@ -46,8 +46,8 @@ from picojoule.errors import PicojouleError
 from picojoule.yamlfile import read_yaml
 from picojoule.graph import Layer, LayerGraph
 from picojoule.hwmodels.target import Target
-from picojoule.hwmodels.workload import PolicyBatch
-from picojoule.spaces.policy import FLOAT_BITS, LayerPolicy, Policy
+from picojoule.policy import PolicyBatch
+from picojoule.policy import FLOAT_BITS, LayerPolicy, Policy
 
 KNOB_KINDS = ("w_bits", "a_bits", "keep", "rank")
 DEFAULT_KEEP = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)

@@ -49,7 +49,7 @@ from torch import nn
 from picojoule.errors import PicojouleError
 from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.costs import price
-from picojoule.hwmodels.workload import PolicyBatch
+from picojoule.policy import PolicyBatch
 from picojoule.search.baselines import baseline_policy
 from picojoule.search.config import load_config
 from picojoule.search.journal import knob_params
@@ -58,7 +58,7 @@ from picojoule.search.problem import Problem
 from picojoule.search.projection import Projector, knob_capacity
 from picojoule.search.rundir import CONFIG_FILE
 from picojoule.search.strategies.base import Handle, Strategy
-from picojoule.spaces.policy import Policy
+from picojoule.policy import Policy
 from picojoule.spaces.space import KNOB_KINDS, Space
 
 LAYER_KINDS = ("conv", "depthwise", "linear", "matmul")

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from picojoule.errors import PicojouleError
@@ -29,6 +30,8 @@ from picojoule.errors import PicojouleError
 FLOAT_BITS = 32
 #: the policy document format this code writes and the newest it reads
 POLICY_VERSION = 1
+#: the per-layer knobs, in the order of LayerPolicy's fields and PolicyBatch's arrays
+KNOBS = ("w_bits", "a_bits", "keep", "rank", "sparsity")
 
 
 @dataclass(frozen=True)
@@ -159,3 +162,29 @@ def group_keeps(policy: Policy, graph: Any, source: str = "policy") -> list[floa
             chosen = chosen or (layer.name, keep)
         keeps.append(chosen[1] if chosen else policy.default.keep)
     return keeps
+
+
+@dataclass
+class PolicyBatch:
+    """N policies over one graph's L layers: each knob an (N, L) array."""
+
+    w_bits: np.ndarray
+    a_bits: np.ndarray
+    keep: np.ndarray
+    rank: np.ndarray
+    sparsity: np.ndarray
+
+    def __len__(self) -> int:
+        return self.w_bits.shape[0]
+
+    @classmethod
+    def uniform(cls, n: int, n_layers: int, **values: float) -> PolicyBatch:
+        defaults = {"w_bits": 32, "a_bits": 32, "keep": 1.0, "rank": 0, "sparsity": 0.0} | values
+        return cls(**{k: np.full((n, n_layers), float(defaults[k])) for k in KNOBS})
+
+
+def kept_channels(channels, keep):
+    """Channels left when ``keep`` of ``channels`` are kept: rounded to nearest (ties to even), at least one.
+    The one rule shared by the cost models and by the code that really prunes (scalars or arrays)."""
+    kept = np.maximum(np.rint(np.asarray(channels, dtype=np.float64) * keep), 1.0)
+    return int(kept) if kept.ndim == 0 else kept

@@ -11,14 +11,15 @@ A policy document is YAML or JSON::
 
 ``w_bits``/``a_bits`` of 32 mean float32 (not quantised); a layer's ``a_bits`` are the bits of its
 input activations (HAQ's convention); ``keep`` is the fraction of output channels kept; ``rank`` 0
-or null means no low-rank split; ``sparsity`` is the fraction of weights that are zero (unstructured
-or 2:4, priced only where the target gates or skips zeros).
+or null means no low-rank split; ``sparsity`` is the fraction of weights that are zero and
+``sparsity_pattern`` how they lie (``unstructured``, or ``2:4`` at sparsity 0.5), priced only where the target
+gates or skips zeros. The fields come from the compression passes (:mod:`picojoule.passes`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,39 +27,30 @@ import numpy as np
 import yaml
 
 from picojoule.errors import PicojouleError
+from picojoule.passes import FIELD_BY_NAME, FIELDS
+from picojoule.passes.quantize import FLOAT_BITS
 
-FLOAT_BITS = 32
 #: the policy document format this code writes and the newest it reads
 POLICY_VERSION = 1
-#: the per-layer knobs, in the order of LayerPolicy's fields and PolicyBatch's arrays
-KNOBS = ("w_bits", "a_bits", "keep", "rank", "sparsity")
+#: the per-layer knobs, in the order of LayerPolicy's fields and PolicyBatch's arrays (from the pass registry)
+KNOBS = tuple(f.name for f in FIELDS)
 
 
-@dataclass(frozen=True)
-class LayerPolicy:
-    """The knobs of one layer."""
-
-    w_bits: int = FLOAT_BITS
-    a_bits: int = FLOAT_BITS
-    keep: float = 1.0
-    rank: int = 0
-    sparsity: float = 0.0
-
+class _LayerPolicyBase:
     def check(self, where: str) -> None:
         """Raise a one-line error naming ``where`` and the field if a value is out of range."""
-        for name in ("w_bits", "a_bits"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 32:
-                raise PicojouleError(f"{where}: field '{name}': expected an integer in 1..32, got {v!r}")
-        if not isinstance(self.keep, (int, float)) or not 0 < self.keep <= 1:
-            raise PicojouleError(f"{where}: field 'keep': expected a number in (0, 1], got {self.keep!r}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
-            raise PicojouleError(f"{where}: field 'rank': expected a non-negative integer or null, got {self.rank!r}")
-        if not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1:
-            raise PicojouleError(f"{where}: field 'sparsity': expected a number in [0, 1), got {self.sparsity!r}")
+        for f in FIELDS:
+            f.check(getattr(self, f.name), where)
 
 
-_FIELDS = {f.name for f in fields(LayerPolicy)}
+#: The knobs of one layer: a frozen dataclass with one field per knob of the registered compression passes
+#: (:data:`picojoule.passes.FIELDS`): ``w_bits``, ``a_bits``, ``keep``, ``rank``, ``sparsity``,
+#: ``sparsity_pattern``; each defaults to its uncompressed value.
+LayerPolicy = make_dataclass("LayerPolicy", [(f.name, Any, field(default=f.default)) for f in FIELDS],
+                             bases=(_LayerPolicyBase,), frozen=True)
+LayerPolicy.__module__, LayerPolicy.__qualname__ = __name__, "LayerPolicy"  # importable by name (pickling, Ray)
+
+_FIELDS = set(KNOBS)
 
 
 def _check_version(version: Any, source: str) -> None:
@@ -164,23 +156,34 @@ def group_keeps(policy: Policy, graph: Any, source: str = "policy") -> list[floa
     return keeps
 
 
-@dataclass
 class PolicyBatch:
-    """N policies over one graph's L layers: each knob an (N, L) array."""
+    """N policies over one graph's L layers: each knob of :data:`KNOBS` an (N, L) float array (attributes
+    ``pb.w_bits``, ``pb.keep``, ...; a non-numeric field holds its encoded value, e.g. ``sparsity_pattern``'s
+    index). Knobs not given are filled with their default."""
 
-    w_bits: np.ndarray
-    a_bits: np.ndarray
-    keep: np.ndarray
-    rank: np.ndarray
-    sparsity: np.ndarray
+    __slots__ = ("arrays",)
+
+    def __init__(self, **arrays: np.ndarray):
+        unknown = set(arrays) - set(KNOBS)
+        if unknown:
+            raise TypeError(f"PolicyBatch: unknown knob '{sorted(unknown)[0]}'")
+        shape = next(iter(arrays.values())).shape
+        self.arrays = {k: arrays[k] if k in arrays else np.full(shape, FIELD_BY_NAME[k].encode(FIELD_BY_NAME[k].default))
+                       for k in KNOBS}
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.arrays[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def __len__(self) -> int:
-        return self.w_bits.shape[0]
+        return self.arrays[KNOBS[0]].shape[0]
 
     @classmethod
-    def uniform(cls, n: int, n_layers: int, **values: float) -> PolicyBatch:
-        defaults = {"w_bits": 32, "a_bits": 32, "keep": 1.0, "rank": 0, "sparsity": 0.0} | values
-        return cls(**{k: np.full((n, n_layers), float(defaults[k])) for k in KNOBS})
+    def uniform(cls, n: int, n_layers: int, **values: Any) -> PolicyBatch:
+        values = {k: FIELD_BY_NAME[k].encode(values.get(k, FIELD_BY_NAME[k].default)) for k in KNOBS}
+        return cls(**{k: np.full((n, n_layers), float(v)) for k, v in values.items()})
 
 
 def kept_channels(channels, keep):

@@ -177,7 +177,8 @@ RESNET20_POLICIES = {
     "mixed": _policy({"w_bits": 8, "a_bits": 8}, conv1={"keep": 0.75}, layer2__0__conv1={"keep": 0.5, "rank": 20},
                      layer3__0__conv2={"keep": 0.5}, layer3__1__conv1={"rank": 40, "w_bits": 4},
                      layer3__2__conv2={"rank": 40}),
-    "mixed-0.7": _policy({"keep": 0.7, "rank": 24, "w_bits": 6, "a_bits": 8}),
+    "mixed-0.7": _policy({"keep": 0.7, "w_bits": 6, "a_bits": 8},
+                         **{f"layer3__{i}__conv{j}": {"rank": 24} for i in range(3) for j in (1, 2)}),
 }
 MOBILENET_POLICIES = {"mbv2-0.5": _policy({"keep": 0.5}), "mbv2-0.7": _policy({"keep": 0.7})}
 #: keep * channels is fractional somewhere: the cost model scales per-channel parameters (bias, folded

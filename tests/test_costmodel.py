@@ -138,7 +138,7 @@ def test_fewer_bits_keep_rank_never_raise_compute_energy(r20, target, model, lay
     """Lowering one knob of one layer never raises that layer's compute energy (nor its MACs)."""
     n = len(r20)
     hi = PolicyBatch.uniform(1, n, w_bits=w, a_bits=a, keep=keep, rank=rank)
-    lo = PolicyBatch(**{k: v.copy() for k, v in vars(hi).items()})
+    lo = PolicyBatch(**{k: v.copy() for k, v in hi.arrays.items()})
     value = getattr(hi, which)[0, layer]
     lowered = {"keep": max(value * frac, 0.01), "rank": int(value * frac) if value > 0 else 0}.get(
         which, max(1, int(value * frac))

@@ -97,7 +97,7 @@ BAD_POLICIES = [
     ({"conv1": LayerPolicy(a_bits=40)}, "layer 'conv1': field 'a_bits': expected an integer in 1..32"),
     ({"conv1": LayerPolicy(keep=0.0)}, "layer 'conv1': field 'keep': expected a number in (0, 1]"),
     ({"conv1": LayerPolicy(keep=1.5)}, "layer 'conv1': field 'keep': expected a number in (0, 1]"),
-    ({"layer1.0.conv1": LayerPolicy(rank=17)}, "layer 'layer1.0.conv1': field 'rank': expected at most the full"),
+    ({"layer1.0.conv1": LayerPolicy(rank=17)}, "layer 'layer1.0.conv1': field 'rank': a split at rank 17 would not shrink the layer (16 x 144); expected 0 or 1..14"),
     ({"adaptive_avg_pool2d": LayerPolicy(rank=2)}, "layer 'adaptive_avg_pool2d': field 'rank': a pool layer cannot"),
     ({"conv1": LayerPolicy(keep=0.5), "layer1.0.conv2": LayerPolicy(keep=0.5), "layer1.1.conv2": LayerPolicy(keep=0.75),
       "layer1.2.conv2": LayerPolicy(keep=0.5)},
@@ -113,7 +113,8 @@ def test_validation_errors(graph, layers, match):
 
 def test_default_rank_beyond_a_layer(graph):
     _one_line_error(validate_policy, Policy(LayerPolicy(rank=12)), graph, "p",
-                    match="layer 'linear' (from default): field 'rank': expected at most the full rank 10")
+                    match="layer 'conv1' (from default): field 'rank': a split at rank 12 would not shrink the layer "
+                          "(16 x 27); expected 0 or 1..10")
 
 
 # -- formats ------------------------------------------------------------------------------------------

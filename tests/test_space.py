@@ -49,32 +49,38 @@ def _sample_policies(space: Space, n: int, seed: int = 0):
 def test_toy_size_by_hand(toy):
     space = Space.build(toy, load_target("a100"))
     # pinned: '0' (its group only has it: keep 1) and '7'. Free: '2' and depthwise '4' w/a bits {4, 8, 16};
-    # group 1 keep (7 choices); rank of '2' (8x8x3x3, full rank 8): 0 and {1, 2, 4} (r * 80 < 576)
-    assert [k.name for k in space.knobs] == ["2.w_bits", "2.a_bits", "2.keep", "2.rank", "4.w_bits", "4.a_bits"]
+    # group 1 keep (7 choices); rank of '2' (8x8x3x3, full rank 8): 0 and {1, 2, 4} (r * 80 < 576); a100's 2:4
+    # sparse tensor cores: sparsity {0, 0.5} on '2' and '4'
+    assert [k.name for k in space.knobs] == ["2.w_bits", "2.a_bits", "2.keep", "2.rank", "2.sparsity", "4.w_bits",
+                                             "4.a_bits", "4.sparsity"]
+    assert _knob(space, "2.sparsity").choices == (0.0, 0.5)
     assert _knob(space, "2.rank").choices == (0, 1, 2, 4)
     assert _knob(space, "2.keep").columns == (toy.index("2"), toy.index("4"))
-    assert space.size == 3**4 * 7 * 4 == 2268
-    assert space.log10_size == pytest.approx(math.log10(2268))
+    assert space.size == 3**4 * 7 * 4 * 2**2 == 9072
+    assert space.log10_size == pytest.approx(math.log10(9072))
 
 
 def test_narrowed_resnet20_size_by_hand(graph):
     overrides = {"defaults": {"w_bits": [4, 8], "a_bits": [8], "keep": [0.5, 1.0], "rank_fractions": [0.5]},
                  "layers": {"layer[23].*": {"exclude": True}}}
     space = Space.build(graph, load_target("a100"), overrides)
-    # free: the 6 layer1 convs, each w_bits {4, 8} and rank {0, 8}; groups 0-3 keep {0.5, 1}; the excluded
+    # free: the 6 layer1 convs, each w_bits {4, 8}, rank {0, 8} and sparsity {0, 0.5}; groups 0-3 keep {0.5, 1}; the excluded
     # layers fix groups 4-11 (group 5 and 9 hold only excluded layers; the rest are theirs alone)
-    assert space.dim == 6 * 2 + 4
-    assert space.size == 2**16
-    assert space.log10_size == pytest.approx(16 * math.log10(2))
+    assert space.dim == 6 * 3 + 4
+    assert space.size == 2**22
+    assert space.log10_size == pytest.approx(22 * math.log10(2))
 
 
 def test_default_sizes(graph):
-    # 18 free convs: bits^2 each, 4 ranks each ({1/8, 1/4, 1/2} of the full rank all save MACs); 12 groups x 7
+    # 18 free convs: bits^2 each, 4 ranks each ({1/8, 1/4, 1/2} of the full rank all save MACs), sparsity (eyeriss
+    # gates zeros: 4 unstructured levels; a100: dense or 2:4); 12 groups x 7
     eyeriss, a100 = Space.build(graph, load_target("eyeriss")), Space.build(graph, load_target("a100"))
-    assert eyeriss.size == 8**36 * 7**12 * 4**18
-    assert a100.size == 3**36 * 7**12 * 4**18
-    assert round(eyeriss.log10_size, 1) == 53.5 and round(a100.log10_size, 1) == 38.2
-    assert "66 knobs" in a100.describe() and "conv1, linear" in a100.describe()
+    assert eyeriss.size == 8**36 * 7**12 * 4**18 * 4**18
+    assert a100.size == 3**36 * 7**12 * 4**18 * 2**18
+    assert round(eyeriss.log10_size, 1) == 64.3 and round(a100.log10_size, 1) == 43.6
+    assert "84 knobs" in a100.describe() and "conv1, linear" in a100.describe()
+    v100 = Space.build(graph, load_target("v100"))  # no zero skipping or gating: no sparsity knob
+    assert "sparsity" not in {k.kind for k in v100.knobs}
 
 
 def test_default_bits_per_target(graph):
@@ -216,7 +222,7 @@ def test_load_overrides_file(graph, tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("defaults:\n  w_bits: [8]\n  a_bits: [8]\nlayers:\n  'layer3.*': {exclude: true}\n")
     space = Space.load(graph, load_target("a100"), path)
-    assert {k.kind for k in space.knobs} == {"keep", "rank"}
+    assert {k.kind for k in space.knobs} == {"keep", "rank", "sparsity"}
     path.write_text("layers: [oops\n")
     with pytest.raises(PicojouleError, match=r"space.yaml: line \d+ not valid YAML"):
         Space.load(graph, load_target("a100"), path)
@@ -240,7 +246,7 @@ BAD_OVERRIDES = [
     ({"layers": {"layer1.*": {"rank": [4], "rank_fractions": [0.5]}}}, "give 'rank' or 'rank_fractions'"),
     ({"layers": {"linear": {"keep": [0.5, 1.0]}}}, "key 'keep': no matched layer has prunable output channels"),
     ({"layers": {"layer1.*": {"pin": {"w_bits": [4]}}}}, "'w_bits' takes a single value"),
-    ({"layers": {"layer1.*": {"pin": {"sparsity": 0.5}}}}, "key 'pin': unknown key 'sparsity'"),
+    ({"layers": {"layer1.*": {"pin": {"sparsity_pattern": "2:4"}}}}, "key 'pin': unknown key 'sparsity_pattern'"),
     ({"layers": {"layer1.*": {"w_bits": [4], "pin": {"w_bits": 4}}}}, "given both as choices and in 'pin'"),
     ({"layers": {"layer1.*": {"exclude": "yes"}}}, "key 'exclude': expected true or false"),
     ({"layers": ["layer1.*"]}, "key 'layers': expected a mapping"),

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from picojoule.errors import PicojouleError
+from picojoule.passes import ordered
 from picojoule.spaces.quantize import ActivationQuantizer, QuantConv2d, QuantLinear
 from picojoule.spaces.quantize import _fake_quant_weight  # the quantize module's own grid, scale and rounding
 
@@ -260,7 +261,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clone = export_clone(model)
+    clone = copy.deepcopy(model).eval()
+    for p in ordered():  # each compression pass's form for the exporter (quantize: the QDQ export twins)
+        clone = p.export(clone)
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -28,6 +28,7 @@ class CostResult:
     bound_names: list[str]
     macs: np.ndarray
     params: np.ndarray  # weights + biases per layer after pruning/low rank
+    nonzeros: np.ndarray  # params less the zero weights of sparsity
     weight_bits: np.ndarray  # model size in bits per layer
 
     @property
@@ -47,17 +48,22 @@ class CostResult:
         return self.params.sum(axis=1)
 
     @property
+    def total_nonzeros(self) -> np.ndarray:
+        return self.nonzeros.sum(axis=1)
+
+    @property
     def size_bytes(self) -> np.ndarray:
         return self.weight_bits.sum(axis=1) / 8
 
 
-def _sparse_factor(pattern: str, sparsity: np.ndarray) -> np.ndarray:
-    """Fraction of MACs still paid when the hardware exploits zero weights of ``pattern``."""
+def _sparse_factor(pattern: str, wl: Workload) -> np.ndarray | float:
+    """Fraction of MACs still paid when the hardware exploits zero weights of ``pattern`` (an unstructured
+    datapath uses every zero weight, a 2:4 one only 2:4 zeros)."""
     if pattern == "unstructured":
-        return 1.0 - sparsity
+        return 1.0 - wl.zero_fraction
     if pattern == "2:4":
-        return np.where(sparsity >= 0.5, 0.5, 1.0)
-    return np.ones_like(sparsity)
+        return np.where(wl.two_four, 1.0 - wl.zero_fraction, 1.0)
+    return 1.0
 
 
 def channel_width(wl: Workload, reference: int) -> np.ndarray:
@@ -75,13 +81,13 @@ def compute_time(ga: GraphArrays, target: Target, wl: Workload) -> np.ndarray:
     layer's channel-width scale."""
     c = target.compute
     eff = np.asarray([c.efficiency[k] for k in OP_KINDS])[ga.kind]
-    work = wl.macs * _sparse_factor(target.sparsity.skips, wl.sparsity) + wl.ops
+    work = wl.macs * _sparse_factor(target.sparsity.skips, wl) + wl.ops
     return work / (wl.peak_macs_per_s * eff) * channel_scale(wl, c.channel_exponent, c.reference_channels)
 
 
 def compute_energy(target: Target, wl: Workload) -> np.ndarray:
     """Joules of arithmetic: MACs (minus gated zeros) plus element-wise ops."""
-    macs = wl.macs * _sparse_factor(target.sparsity.gates, wl.sparsity)
+    macs = wl.macs * _sparse_factor(target.sparsity.gates, wl)
     return (macs + wl.ops * ELEMENTWISE_ENERGY_RATIO) * wl.mac_energy_pj * 1e-12
 
 
@@ -101,5 +107,5 @@ def finish(model: str, ga: GraphArrays, target: Target, wl: Workload, t_compute:
     return CostResult(
         model=model, target=target.name, layers=ga.names, components=["compute", *levels, "static"],
         latency_s=latency, energy_j=energy, bound=bound, bound_names=["compute", *levels], macs=wl.macs,
-        params=wl.weight_elems, weight_bits=wl.weight_elems * wl.w_bits,
+        params=wl.weight_elems, nonzeros=wl.nonzero_weights, weight_bits=wl.weight_elems * wl.w_bits,
     )

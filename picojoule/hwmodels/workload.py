@@ -1,8 +1,10 @@
 """What a batch of policies does to a graph's layers, as (policies x layers) numpy arrays.
 
 Both cost models start from the :class:`Workload`: the MACs, element-wise ops, weights and
-activations each layer has after pruning and low-rank splitting, and the operand widths after
-padding to what the target's datapath supports. Everything is vectorised over policies.
+activations each layer has after pruning, low-rank splitting and sparsity, and the operand widths after
+padding to what the target's datapath supports. Everything is vectorised over policies. Each compression
+pass's :meth:`~picojoule.passes.base.CompressionPass.price` is one stage (prune, low rank, sparsity,
+quantize); what they do:
 
 Pruning: a layer's output channels shrink by the keep ratio of its pruning group (the group's
 *anchor* layer carries the knob), its input channels by the group that produces them; counts are
@@ -11,7 +13,8 @@ activation width of the nearest conv/linear that reads its output; a layer witho
 and activation x activation matmuls) computes at its activation width.
 Low rank ``r`` (an absolute rank, clipped to the pruned layer's full rank): a k x k conv C->M
 becomes k x k C->r then 1 x 1 r->M, a linear becomes two; the r-channel intermediate is written
-and read once more (``mid_elems``).
+and read once more (``mid_elems``). Sparsity: the zero weights of each weight matrix
+(:func:`picojoule.passes.sparsity.zero_count`), which a cost model charges where the target gates or skips them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import numpy as np
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
 from picojoule.hwmodels.target import OP_KINDS, Target
-from picojoule.policy import KNOBS, Policy, PolicyBatch, group_keeps, kept_channels
+from picojoule.passes import FIELD_BY_NAME, PricingState, ordered
+from picojoule.policy import KNOBS, Policy, PolicyBatch, group_keeps
+
+PRICING_ORDER = ordered()
 
 @dataclass(frozen=True)
 class GraphArrays:
@@ -143,14 +149,15 @@ def _reader(graph: LayerGraph, i: int) -> int:
 def policy_batch(graph: LayerGraph, policies: Sequence[Policy]) -> PolicyBatch:
     """Stack policies (keyed by layer name) into arrays in the graph's layer order."""
     rows = {k: np.empty((len(policies), len(graph))) for k in KNOBS}
+    encoders = [(k, FIELD_BY_NAME[k].encode) for k in KNOBS]
     for i, policy in enumerate(policies):
         unknown = set(policy.layers) - set(graph._index)
         if unknown:
             raise PicojouleError(f"policy: layer '{sorted(unknown)[0]}' is not in model '{graph.name}'")
         for j, layer in enumerate(graph.layers):
             lp = policy.for_layer(layer.name)
-            for k in KNOBS:
-                rows[k][i, j] = getattr(lp, k)
+            for k, encode in encoders:
+                rows[k][i, j] = encode(getattr(lp, k))
         rows["keep"][i, graph_arrays(graph).anchors] = group_keeps(policy, graph)
     return PolicyBatch(**rows)
 
@@ -174,47 +181,27 @@ class Workload:
     m: np.ndarray
     c: np.ndarray
     rank: np.ndarray  # effective rank, 0 where not split
-    sparsity: np.ndarray
+    zero_weights: np.ndarray  # weights a sparsity pass set to zero
+    zero_fraction: np.ndarray  # of the weight matrices' elements, and so of the weights' MACs
+    two_four: np.ndarray  # whether those zeros are 2:4 (else unstructured)
 
-
-def _pad(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Round each width up to the next supported one (the widest if none is wide enough)."""
-    idx = np.minimum(np.searchsorted(widths, bits, side="left"), len(widths) - 1)
-    return widths[idx]
+    @property
+    def nonzero_weights(self) -> np.ndarray:
+        return self.weight_elems - self.zero_weights
 
 
 def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -> Workload:
-    """Apply the policies in ``pb`` to the graph and the target's datapath widths."""
-    n = len(pb)
-    keep_g = np.ones((n, len(ga.anchors) + 1))  # the kept fraction of each group's channels (whole channels)
-    keep_g[:, :-1] = kept_channels(ga.group_channels, pb.keep[:, ga.anchors]) / ga.group_channels
-    k_out, k_in = keep_g[:, ga.group_out], keep_g[:, ga.group_in]
-    cout = kept_channels(ga.cout, k_out)
-    cin = np.where(ga.depthwise, 1.0, kept_channels(ga.cin, k_in))
-    full_rank = np.minimum(cout, cin * ga.k_area)
-    rank = np.where(ga.rankable & (pb.rank > 0), np.minimum(pb.rank, full_rank), 0.0)
-    split = rank > 0
-    spatial = ga.spatial * batch
-    dense_macs = spatial * cout * cin * ga.k_area
-    split_macs = spatial * rank * (cin * ga.k_area + cout)
-    macs = np.where(ga.has_macs, np.where(split, split_macs, dense_macs), 0.0)
-    weights = np.where(split, rank * (cin * ga.k_area + cout), np.where(ga.has_macs, cout * cin * ga.k_area, 0.0))
-    weights = np.where(ga.kind == OP_KINDS.index("matmul"), 0.0, weights) + ga.bias * k_out
-    in_elems = (ga.in_a * keep_g[:, ga.group_a] + ga.in_b * keep_g[:, ga.group_b]) * batch
-    out_elems = ga.out_elems * k_out * batch
-    native = np.asarray(target.compute.native_bits, dtype=np.float64)
-    a_bits = _pad(pb.a_bits[:, ga.bits_from], native)
-    w_bits = np.where(ga.has_weights, _pad(pb.w_bits, native), a_bits)  # no weights: all at activation width
-    modes = target.compute.modes
-    mode_widths = np.asarray([m.bits for m in modes], dtype=np.float64)
-    mode_idx = np.minimum(np.searchsorted(mode_widths, np.maximum(w_bits, a_bits)), len(modes) - 1)
-    mode_bits = mode_widths[mode_idx]
-    mac_pj = np.asarray([m.mac_energy_pj for m in modes])[mode_idx]
-    if target.compute.precision_scalable:
-        mac_pj = mac_pj * (np.minimum(w_bits, mode_bits) * np.minimum(a_bits, mode_bits)) / mode_bits**2
+    """Apply the policies in ``pb`` to the graph and the target's datapath widths: each compression pass
+    (:mod:`picojoule.passes`) is a stage that changes the layers' channels, shapes, zeros or widths, in order."""
+    st = PricingState(ga, target, pb, batch)
+    for p in PRICING_ORDER:
+        p.price(st)
+    matrices = sum(rows * k for rows, k in st.parts)
     return Workload(
-        macs=macs, ops=ga.ops * k_out * batch, weight_elems=weights, in_elems=in_elems, out_elems=out_elems,
-        mid_elems=np.where(split, spatial * rank, 0.0), w_bits=w_bits, a_bits=a_bits, mode_bits=mode_bits,
-        peak_macs_per_s=np.asarray([m.peak_macs_per_s for m in modes])[mode_idx], mac_energy_pj=mac_pj,
-        m=cout, c=cin, rank=rank, sparsity=pb.sparsity,
+        macs=st.macs, ops=ga.ops * st.k_out * batch, weight_elems=matrices + ga.bias * st.k_out,
+        in_elems=(ga.in_a * st.k_a + ga.in_b * st.k_b) * batch, out_elems=ga.out_elems * st.k_out * batch,
+        mid_elems=st.mid, w_bits=st.w_bits, a_bits=st.a_bits, mode_bits=st.mode_bits,
+        peak_macs_per_s=st.peak_macs_per_s, mac_energy_pj=st.mac_energy_pj, m=st.cout, c=st.cin, rank=st.rank,
+        zero_weights=st.zeros, zero_fraction=np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros),
+                                                        where=matrices > 0), two_four=st.pattern > 0,
     )

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from picojoule.data import ArrayDataset
 from picojoule.errors import PicojouleError
+from picojoule.passes import PASSES
 
 Calibrate = Callable[[nn.Module, Sequence[torch.Tensor]], Any]
 #: test batch: 64 keeps a CIFAR ResNet's activations near the core's L2 cache: ResNet-20 W4A4 on 1017 images took
@@ -160,6 +161,8 @@ def finetune_kd(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                for p in PASSES:  # what a step may undo (zeroed weights of a sparsity pass)
+                    p.after_step(student)
                 losses.append(loss.detach().item())
                 done += 1
                 bar.update(1)

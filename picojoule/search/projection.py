@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from picojoule.passes import FIELD_BY_NAME, OWNER
 from picojoule.search.constraints import ConstraintProgram
 from picojoule.spaces.space import Knob, Space
 
@@ -20,9 +21,10 @@ Costing = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def knob_capacity(knob: Knob, space: Space) -> np.ndarray:
-    """The capacity of each of ``knob``'s choices: bits, keep ratio, or rank (0, no split, counted as full rank)."""
-    max_rank = space.graph[knob.layer].max_rank
-    return np.asarray([max_rank if knob.kind == "rank" and c == 0 else c for c in knob.choices], dtype=float)
+    """The capacity of each of ``knob``'s choices, as its compression pass rates them (bits, keep ratio, rank with
+    0 = no split counted as full rank, 1 - sparsity): the projector lowers knobs towards less capacity."""
+    field, layer = FIELD_BY_NAME[knob.kind], space.graph[knob.layer]
+    return np.asarray([OWNER[knob.kind].capacity(field, layer, c) for c in knob.choices], dtype=float)
 
 
 class Projector:

@@ -1,10 +1,11 @@
-"""Apply a :class:`Policy` to a torch model: structured pruning, then low-rank splits, then fake quantization.
+"""Apply a :class:`Policy` to a torch model: each compression pass in turn (:mod:`picojoule.passes`): structured
+pruning, then low-rank splits, then sparsity, then fake quantization.
 
-1. **Pruning.** For every pruning group of the :class:`LayerGraph` whose anchor has ``keep < 1``, the
-   ``kept_channels(group.channels, keep)`` most important output channels stay (the cost model's rounding
-   rule). Importance is the L1 norm of each output channel's weights summed over the group's members
-   (or a seeded random score, as a baseline). Torch-Pruning's DependencyGraph removes the channels from
-   every coupled layer (BN, depthwise convs, residual adds, the consumers' inputs).
+1. **Pruning.** For every pruning group of the :class:`LayerGraph` whose keep (:func:`group_keeps`: the value its
+   members set) is below 1, the ``kept_channels(group.channels, keep)`` most important output channels stay (the
+   cost model's rounding rule). Importance is the L1 norm of each output channel's weights summed over the
+   group's members (or a seeded random score, as a baseline). Torch-Pruning's DependencyGraph removes the
+   channels from every coupled layer (BN, depthwise convs, residual adds, the consumers' inputs).
    Option-A CIFAR ResNets zero-pad channels in their shortcuts; Torch-Pruning would treat that pad as an
    element-wise op and couple the stages it joins. Each :class:`~picojoule.zoo.PadShortcut` is therefore
    replaced by an equivalent :class:`ChannelMapShortcut` (source channel ``src[i]`` goes to output channel
@@ -12,7 +13,9 @@
    After pruning, every conv/linear must have the channel counts the cost model assumes, or we raise.
 2. **Low rank.** Layers with ``rank > 0`` are split by truncated SVD (``apply_lowrank``), the rank clipped
    to the pruned layer's full rank ``min(out, in * kh * kw)`` as the cost model does.
-3. **Quantization.** Conv/linear layers with ``w_bits`` or ``a_bits`` below 32 become fake-quantized
+3. **Sparsity.** Layers with ``sparsity > 0`` lose their smallest weights, unstructured or 2:4
+   (:mod:`picojoule.passes.sparsity`); both halves of a split layer are sparsified.
+4. **Quantization.** Conv/linear layers with ``w_bits`` or ``a_bits`` below 32 become fake-quantized
    (``quantize_model``); both halves ``name.0``/``name.1`` of a split layer take that layer's bits.
 
 Layers whose input activations are quantized must be calibrated before use:
@@ -32,14 +35,14 @@ from torch import Tensor, nn
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph, PruningGroup, build_graph
-
-from picojoule.spaces.lowrank import apply_lowrank
-from picojoule.policy import FLOAT_BITS, Policy, group_keeps, kept_channels
-from picojoule.spaces.quantize import get_layer, quantize_model
+from picojoule.passes import ordered
+from picojoule.policy import Policy, group_keeps, kept_channels
+from picojoule.spaces.formats import validate_policy
+from picojoule.spaces.quantize import get_layer
 from picojoule.zoo import PadShortcut
 
 __all__ = ["ApplyInfo", "ChannelMapPruner", "ChannelMapShortcut", "apply_policy", "count_macs_params",
-           "replace_pad_shortcuts"]
+           "count_nonzeros", "prune_model", "replace_pad_shortcuts"]
 
 Importance = Literal["l1", "random"]
 
@@ -108,8 +111,10 @@ class ApplyInfo:
 
     ``channels``: anchor of each pruned group -> (kept, original) channels; ``removed``: the indices of the
     original output channels it lost (ascending). ``ranks``/``energy``: effective rank and retained spectral
-    energy of each split layer. ``quantized``: fake-quantized module names. ``macs``/``params``: counted on
-    the compressed model (forward hooks on Conv2d/Linear; every parameter, BN included).
+    energy of each split layer. ``zeros``: zero weights of each sparsified module. ``quantized``:
+    fake-quantized module names. ``macs``/``params``: counted on the compressed model (forward hooks on
+    Conv2d/Linear; every parameter, BN included); ``nonzeros``: ``params`` less the zero weights of
+    sparsified modules.
     If ``needs_calibration``, run ``calibrate_activations(model, batches)`` before using the model.
     """
 
@@ -117,9 +122,11 @@ class ApplyInfo:
     removed: dict[str, list[int]] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
     energy: dict[str, float] = field(default_factory=dict)
+    zeros: dict[str, int] = field(default_factory=dict)
     quantized: list[str] = field(default_factory=list)
     macs: int = 0
     params: int = 0
+    nonzeros: int = 0
     needs_calibration: bool = False
 
 def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
@@ -147,34 +154,39 @@ def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int
             m.training = training
     return macs // example_input.shape[0], sum(p.numel() for p in model.parameters())
 
+def count_nonzeros(model: nn.Module) -> int:
+    """Parameters of ``model`` less the weights that a sparsity mask holds at zero (the compressed model's
+    non-zeros as the cost model counts them: a dense weight's own zeros count as non-zeros)."""
+    masked = sum(int((m.weight_mask == 0).sum()) for m in model.modules() if hasattr(m, "weight_mask"))
+    return sum(p.numel() for p in model.parameters()) - masked
+
+
 def apply_policy(model: nn.Module, example_input: Tensor, policy: Policy, graph: LayerGraph | None = None,
                  importance: Importance = "l1", seed: int = 0) -> tuple[nn.Module, ApplyInfo]:
     """A compressed copy of ``model`` (``model`` is untouched) and what was done to it.
 
     ``graph`` is ``model``'s LayerGraph (built from ``example_input`` when None); ``importance`` ranks the
-    channels to prune ("l1" magnitude, or "random" under ``seed``).
+    channels to prune ("l1" magnitude, or "random" under ``seed``). The policy is validated against the graph
+    first (one-line error naming the layer and field).
     """
     if importance not in ("l1", "random"):
         raise PicojouleError(f"apply_policy: importance must be 'l1' or 'random', got {importance!r}")
     graph = graph if graph is not None else build_graph(model, example_input)
-    unknown = sorted(set(policy.layers) - set(graph._index))
-    if unknown:
-        raise PicojouleError(f"policy: layer '{unknown[0]}' is not in model '{graph.name}'")
+    validate_policy(policy, graph)
     training, model = model.training, copy.deepcopy(model)
-    info = ApplyInfo()
-    info.removed = _prune(model, example_input, policy, graph, importance, seed)
-    info.channels = {anchor: (graph[anchor].out_channels - len(idxs), graph[anchor].out_channels)
-                     for anchor, idxs in info.removed.items()}
-    info.ranks = _ranks(model, policy, graph)
-    info.energy = apply_lowrank(model, info.ranks)
-    info.macs, info.params = count_macs_params(model, example_input)  # fake quantization changes neither
-    bits = _bits(policy, graph, split=info.ranks.keys())
-    if bits:
-        model = quantize_model(model, bits)
-    info.quantized = list(bits)
-    info.needs_calibration = any(a < FLOAT_BITS for _, a in bits.values())
+    info, counted = ApplyInfo(), False
+    for p in ordered():
+        if p.keeps_counts and not counted:  # counted before fake quantization (its quantizers need calibration)
+            info.macs, info.params = count_macs_params(model, example_input)
+            info.nonzeros, counted = count_nonzeros(model), True
+        if p.active(policy, graph):
+            model = p.apply(model, example_input, policy, graph, info, importance=importance, seed=seed)
+    if not counted:
+        info.macs, info.params = count_macs_params(model, example_input)
+        info.nonzeros = count_nonzeros(model)
     model.train(training)  # Torch-Pruning's tracing leaves the model in eval mode
     return model, info
+
 
 # ---------------------------------------------------------------------------------------------- pruning
 
@@ -197,8 +209,8 @@ def _channel_scores(members: list[nn.Module], importance: Importance, gen: torch
         return torch.rand(channels, generator=gen)
     return sum(m.weight.detach().abs().flatten(1).sum(1).double() for m in members)
 
-def _prune(model: nn.Module, example_input: Tensor, policy: Policy, graph: LayerGraph, importance: Importance,
-           seed: int) -> dict[str, list[int]]:
+def prune_model(model: nn.Module, example_input: Tensor, policy: Policy, graph: LayerGraph,
+                importance: Importance = "l1", seed: int = 0) -> dict[str, list[int]]:
     """Prune ``model`` in place; returns anchor -> removed output channels of each pruned group."""
     plan = _pruned_groups(policy, graph)
     if not plan:
@@ -223,7 +235,7 @@ def _prune(model: nn.Module, example_input: Tensor, policy: Policy, graph: Layer
 
 def _check_channels(model: nn.Module, policy: Policy, graph: LayerGraph) -> None:
     """Every conv/linear must have the channel counts the cost model assumes after pruning."""
-    keep = {g.id: policy.for_layer(g.anchor).keep for g in graph.groups}
+    keep = dict(zip((g.id for g in graph.groups), group_keeps(policy, graph)))  # the group-keep rule
 
     def expected(channels: int, group: int) -> int:
         return kept_channels(channels, keep[group]) if group >= 0 else channels
@@ -236,26 +248,3 @@ def _check_channels(model: nn.Module, policy: Policy, graph: LayerGraph) -> None
         if real != want:
             raise PicojouleError(f"layer '{layer.name}': pruning left (out, in) channels {real}, the layer graph "
                                  f"expects {want}: Torch-Pruning couples this layer differently")
-
-# ---------------------------------------------------------------------------------------- rank and bits
-
-def _ranks(model: nn.Module, policy: Policy, graph: LayerGraph) -> dict[str, int]:
-    """Rank of each layer to split, clipped to the (pruned) layer's full rank min(out, in * kh * kw)."""
-    ranks = {}
-    for layer in graph.compute_layers():
-        rank = policy.for_layer(layer.name).rank
-        if rank > 0 and layer.rankable:
-            weight = get_layer(model, layer.name, "policy").weight
-            ranks[layer.name] = min(rank, weight.shape[0], weight[0].numel())
-    return ranks
-
-def _bits(policy: Policy, graph: LayerGraph, split: Collection[str]) -> dict[str, tuple[int, int]]:
-    """(w_bits, a_bits) of each module to fake-quantize; both halves of a ``split`` layer take its bits."""
-    bits = {}
-    for layer in graph.compute_layers():
-        lp = policy.for_layer(layer.name)
-        if min(lp.w_bits, lp.a_bits) >= FLOAT_BITS:
-            continue
-        names = [f"{layer.name}.0", f"{layer.name}.1"] if layer.name in split else [layer.name]
-        bits.update({name: (lp.w_bits, lp.a_bits) for name in names})
-    return bits

@@ -20,6 +20,7 @@ from typing import Any
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import Layer, LayerGraph
+from picojoule.passes import PASSES
 from picojoule.policy import LayerPolicy, Policy, group_keeps
 
 #: decimal places kept when converting keep <-> pruning ratio (1 - (1 - k) is not always k in floats)
@@ -27,24 +28,16 @@ _RATIO_DIGITS = 12
 
 
 def validate_policy(policy: Policy, graph: LayerGraph, source: str = "policy") -> None:
-    """Raise a one-line error for the first problem of ``policy`` on ``graph``: an unknown layer, a
-    value out of range, a rank the layer cannot take, or different keeps inside one pruning group."""
+    """Raise a one-line error for the first problem of ``policy`` on ``graph``: an unknown layer, a value out
+    of range, or what a compression pass cannot apply (a rank that does not shrink the layer, different keeps
+    inside one pruning group, 2:4 sparsity other than 0.5, ...)."""
     policy.default.check(f"{source}: default")
     for name, lp in policy.layers.items():
         if name not in graph._index:
             raise PicojouleError(f"{source}: layer '{name}' is not in model '{graph.name}'")
         lp.check(f"{source}: layer '{name}'")
-    for layer in graph.layers:
-        explicit = layer.name in policy.layers
-        rank = policy.for_layer(layer.name).rank
-        if rank and (explicit or layer.op in ("conv", "linear")):
-            where = f"{source}: layer '{layer.name}'" + ("" if explicit else " (from default)")
-            if not layer.rankable:
-                raise PicojouleError(f"{where}: field 'rank': a {layer.kind} layer cannot be split; expected 0")
-            if rank > layer.max_rank:
-                raise PicojouleError(f"{where}: field 'rank': expected at most the full rank {layer.max_rank}, "
-                                     f"got {rank}")
-    group_keeps(policy, graph, source)
+    for p in PASSES:
+        p.validate(policy, graph, source)
 
 
 def _group_layers(graph: LayerGraph, group: int) -> list[Layer]:

@@ -11,16 +11,21 @@ Knobs, in graph order (a knob with a single choice is a fixed value, not a knob)
 * per rankable layer (conv with groups == 1, linear): ``rank``, 0 (no split) plus the ranks
   ``round(f * max_rank)`` (at least 1) for f in :data:`DEFAULT_RANK_FRACTIONS` that really save MACs:
   ``r * (cin*k*k + cout) < cout * cin*k*k``.
+* per compute layer, on targets that gate or skip zero weights: ``sparsity``, ``[0, 0.5]`` at 2:4 where the
+  target's pattern is 2:4 (a100, h100), else ``[0, 0.25, 0.5, 0.75]`` unstructured (eyeriss); elsewhere only
+  where the overrides list it.
+
+The knobs and their defaults come from the compression passes (:mod:`picojoule.passes`).
 
 ``pin_first_last`` (default true) fixes the first and last compute layers at 8-bit weights and
-activations and no rank split. Their pruning groups are fixed at keep 1.0 only when no other layer
+activations, no rank split and no sparsity. Their pruning groups are fixed at keep 1.0 only when no other layer
 shares them: a ResNet stem's group is also the residual stream of the first stage, which stays
 prunable (pin it with ``layers: {conv1: {pin: {keep: 1.0}}}``).
 
 Overrides, a YAML mapping (every key optional)::
 
     pin_first_last: true
-    defaults: {w_bits: [4, 8], a_bits: [8], keep: [0.5, 1.0], rank_fractions: [0.25]}
+    defaults: {w_bits: [4, 8], a_bits: [8], keep: [0.5, 1.0], rank_fractions: [0.25], sparsity: [0, 0.5]}
     layers:                                  # fnmatch patterns on layer names, applied in order
       "layer3.*": {w_bits: [2, 4], rank: [0, 8, 16]}   # or rank_fractions: [...]
       "layer1.0.conv1": {pin: {keep: 1.0}}   # one fixed value per field
@@ -43,20 +48,25 @@ from typing import Any
 import numpy as np
 
 from picojoule.errors import PicojouleError
-from picojoule.yamlfile import read_yaml
 from picojoule.graph import Layer, LayerGraph
 from picojoule.hwmodels.target import Target
-from picojoule.policy import PolicyBatch
-from picojoule.policy import FLOAT_BITS, LayerPolicy, Policy
+from picojoule.passes import FIELD_BY_NAME, FIELDS, OWNER, PASSES
+from picojoule.passes.prune import DEFAULT_KEEP, PRUNE
+from picojoule.passes.quantize import PIN_BITS
+from picojoule.policy import KNOBS, LayerPolicy, Policy, PolicyBatch
+from picojoule.yamlfile import read_yaml
 
-KNOB_KINDS = ("w_bits", "a_bits", "keep", "rank")
-DEFAULT_KEEP = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-DEFAULT_RANK_FRACTIONS = (0.125, 0.25, 0.5)
-PIN_BITS = 8
+#: the kinds of knob a space may have (the searchable fields of the compression passes)
+KNOB_KINDS = tuple(f.name for f in FIELDS if f.searchable)
+#: per-layer fields (every field but the group-wide keep)
+_LAYER_FIELDS = tuple(f.name for f in FIELDS if not f.group)
+#: extra override keys of the passes (e.g. rank_fractions) -> the field whose rule checks their values
+_EXTRA_KEYS = {key: rule for p in PASSES for key, rule in p.override_keys.items()}
+_KEY_OWNER = {**OWNER, **{key: p for p in PASSES for key in p.override_keys}}
 _TOP_KEYS = ("pin_first_last", "defaults", "layers")
-_DEFAULT_KEYS = ("w_bits", "a_bits", "keep", "rank_fractions")
-_ENTRY_KEYS = ("w_bits", "a_bits", "keep", "rank", "rank_fractions", "pin", "exclude")
-_PIN_KEYS = ("w_bits", "a_bits", "keep", "rank")
+_DEFAULT_KEYS = (*KNOB_KINDS, *_EXTRA_KEYS)
+_ENTRY_KEYS = (*_DEFAULT_KEYS, "pin", "exclude")
+_PIN_KEYS = KNOB_KINDS
 
 
 @dataclass(frozen=True)
@@ -75,37 +85,13 @@ class Knob:
 # --------------------------------------------------------------------------------------------------
 # choice lists: validation and defaults
 
-_CHECKS = {
-    "bits": ("integers in 1..32", lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 32),
-    "keep": ("numbers in (0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
-    "rank": ("non-negative integers", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-}
-_KEY_CHECK = {"w_bits": "bits", "a_bits": "bits", "keep": "keep", "rank_fractions": "keep", "rank": "rank"}
-
-
 def _choices(value: Any, key: str, where: str) -> tuple:
     """``value`` as a sorted tuple of distinct valid choices for ``key``; else a one-line error."""
-    what, ok = _CHECKS[_KEY_CHECK[key]]
-    if not isinstance(value, list) or not value or not all(ok(v) for v in value):
-        raise PicojouleError(f"{where}: key '{key}': expected a non-empty list of {what}, got {value!r}")
-    cast = float if _KEY_CHECK[key] == "keep" else int
+    field = FIELD_BY_NAME[_EXTRA_KEYS.get(key, key)]
+    if not isinstance(value, list) or not value or not all(field.valid(v) for v in value):
+        raise PicojouleError(f"{where}: key '{key}': expected a non-empty list of {field.plural}, got {value!r}")
+    cast = int if field.integer else float
     return tuple(sorted({cast(v) for v in value}))
-
-
-def default_bits(target: Target) -> tuple[int, ...]:
-    """The target's native widths in 2..8 (or 8 if none), plus 16 where native."""
-    native = target.compute.native_bits
-    bits = [b for b in native if 2 <= b <= 8] or [PIN_BITS]
-    return tuple(bits + [16] * (16 in native))
-
-
-def rank_choices(layer: Layer, fractions: tuple[float, ...]) -> tuple[int, ...]:
-    """0 (no split) plus the ranks ``round(f * max_rank)`` >= 1 that save MACs on ``layer``."""
-    if not layer.rankable:
-        return (0,)
-    k_in = layer.in_channels * layer.kernel[0] * layer.kernel[1]
-    ranks = {max(1, round(f * layer.max_rank)) for f in fractions}
-    return (0, *sorted(r for r in ranks if r * (k_in + layer.out_channels) < layer.out_channels * k_in))
 
 
 def _mapping(value: Any, keys: tuple[str, ...], where: str) -> dict:
@@ -130,7 +116,8 @@ def _flag(value: Any, key: str, where: str) -> bool:
 @dataclass
 class _Draft:
     graph: LayerGraph
-    layers: dict[str, dict[str, tuple]]  # compute layer -> {w_bits, a_bits, rank: choices}
+    target: Target
+    layers: dict[str, dict[str, tuple]]  # compute layer -> {per-layer field: choices}
     keep: dict[int, tuple]  # group id -> keep choices
     pinned: set[str] = field(default_factory=set)
     excluded: set[str] = field(default_factory=set)
@@ -141,8 +128,10 @@ class _Draft:
         matched = [layer for layer in self.graph.compute_layers() if fnmatch.fnmatchcase(layer.name, pattern)]
         if not matched:
             raise PicojouleError(f"{where}: pattern matches no compute layer of model '{self.graph.name}'")
-        if "rank" in entry and "rank_fractions" in entry:
-            raise PicojouleError(f"{where}: give 'rank' or 'rank_fractions', not both")
+        for key in _EXTRA_KEYS:  # an extra key stands for its pass's own field
+            given = [f.name for f in _KEY_OWNER[key].fields if f.name in entry]
+            if key in entry and given:
+                raise PicojouleError(f"{where}: give '{given[0]}' or '{key}', not both")
         values = {k: _choices(v, k, where) for k, v in entry.items() if k not in ("pin", "exclude")}
         for k, v in _mapping(entry.get("pin", {}), _PIN_KEYS, f"{where}: key 'pin'").items():
             if k in values:
@@ -151,7 +140,10 @@ class _Draft:
                 raise PicojouleError(f"{where}: key 'pin': '{k}' takes a single value, got {v!r}")
             values[k] = _choices([v], k, f"{where}: key 'pin'")
         targets = [layer for layer in matched if layer.name not in self.pinned or layer.name == pattern]
-        self._check_applies(values, matched, where)
+        for key in values:  # each key must apply to some matched layer
+            owner = _KEY_OWNER[key]
+            if owner.needs and not any(owner.applies(layer, self.target) for layer in matched):
+                raise PicojouleError(f"{where}: key '{key}': no matched layer has {owner.needs}")
         for layer in targets:
             self._set(layer, values, where)
         if "exclude" in entry:
@@ -159,35 +151,18 @@ class _Draft:
             excluded = _flag(entry["exclude"], "exclude", where)
             self.excluded = self.excluded | names if excluded else self.excluded - names
 
-    @staticmethod
-    def _check_applies(values: dict, matched: list[Layer], where: str) -> None:
-        needs = {"keep": ("prunable output channels", lambda layer: layer.group >= 0),
-                 "rank": ("a rankable weight", lambda layer: layer.rankable),
-                 "rank_fractions": ("a rankable weight", lambda layer: layer.rankable)}
-        for key, (what, ok) in needs.items():
-            if key in values and not any(ok(layer) for layer in matched):
-                raise PicojouleError(f"{where}: key '{key}': no matched layer has {what}")
-
     def _set(self, layer: Layer, values: dict, where: str) -> None:
-        choices = self.layers[layer.name]
-        for key in ("w_bits", "a_bits"):
-            if key in values:
-                choices[key] = values[key]
         if "keep" in values and layer.group >= 0:
             self.keep[layer.group] = values["keep"]
-        if layer.rankable and "rank_fractions" in values:
-            choices["rank"] = rank_choices(layer, values["rank_fractions"])
-        if layer.rankable and "rank" in values:
-            too_big = [r for r in values["rank"] if r > layer.max_rank]
-            if too_big:
-                raise PicojouleError(f"{where}: key 'rank': {too_big[0]} exceeds layer '{layer.name}' full rank "
-                                     f"{layer.max_rank}")
-            choices["rank"] = values["rank"]
+        for p in PASSES:
+            mine = {k: v for k, v in values.items() if _KEY_OWNER[k] is p}
+            if mine and p.applies(layer, self.target):
+                p.customise(layer, self.layers[layer.name], mine, where)
 
     def finish(self) -> None:
-        """Excluded layers: float, no rank, and their whole pruning group unpruned."""
+        """Excluded layers: uncompressed (every field at its default), their whole pruning group unpruned."""
         for name in self.excluded:
-            self.layers[name] = {"w_bits": (FLOAT_BITS,), "a_bits": (FLOAT_BITS,), "rank": (0,)}
+            self.layers[name] = {k: (FIELD_BY_NAME[k].default,) for k in _LAYER_FIELDS}
             group = self.graph[name].group
             if group >= 0:
                 self.keep[group] = (1.0,)
@@ -196,18 +171,17 @@ class _Draft:
 def _draft(graph: LayerGraph, target: Target, overrides: Any, source: str) -> _Draft:
     data = _mapping({} if overrides is None else overrides, _TOP_KEYS, source)
     d = _mapping(data.get("defaults") or {}, _DEFAULT_KEYS, f"{source}: defaults")
-    where = f"{source}: defaults"
-    bits = {k: _choices(d[k], k, where) if k in d else default_bits(target) for k in ("w_bits", "a_bits")}
-    keep = _choices(d["keep"], "keep", where) if "keep" in d else DEFAULT_KEEP
-    fractions = _choices(d["rank_fractions"], "rank_fractions", where) if "rank_fractions" in d \
-        else DEFAULT_RANK_FRACTIONS
+    defaults = {k: _choices(v, k, f"{source}: defaults") for k, v in d.items()}
     compute = graph.compute_layers()
-    draft = _Draft(graph, {layer.name: {**bits, "rank": rank_choices(layer, fractions)} for layer in compute},
-                   {g.id: keep for g in graph.groups})
+    layer_passes = [p for p in PASSES if p is not PRUNE]
+    draft = _Draft(graph, target, {layer.name: {k: v for p in layer_passes if p.applies(layer, target)
+                                                for k, v in p.choices(layer, target, defaults).items()}
+                                   for layer in compute},
+                   {g.id: PRUNE.choices(None, target, defaults)["keep"] for g in graph.groups})
     if compute and _flag(data.get("pin_first_last", True), "pin_first_last", source):
         draft.pinned = {compute[0].name, compute[-1].name}
         for name in draft.pinned:
-            draft.layers[name] = {"w_bits": (PIN_BITS,), "a_bits": (PIN_BITS,), "rank": (0,)}
+            draft.layers[name] = {k: v for p in layer_passes for k, v in p.pinned(graph[name]).items()}
         for g in graph.groups:
             if set(g.members) <= draft.pinned:
                 draft.keep[g.id] = (1.0,)
@@ -231,16 +205,16 @@ class Space:
         self.graph, self.target = graph, target
         self.pinned, self.excluded = sorted(draft.pinned), sorted(draft.excluded)
         self.knobs: list[Knob] = []
-        defaults = LayerPolicy()
-        self._fixed = {k: np.full(len(graph), float(getattr(defaults, k))) for k in KNOB_KINDS}
+        self._fixed = {k: np.full(len(graph), FIELD_BY_NAME[k].encode(FIELD_BY_NAME[k].default)) for k in KNOBS}
         members = {g.id: tuple(graph.index(layer.name) for layer in graph.compute_layers() if layer.group == g.id)
                    for g in graph.groups}
         anchors = {graph.index(g.anchor): g for g in graph.groups}
         for layer in graph.compute_layers():
             j = graph.index(layer.name)
-            for kind in KNOB_KINDS:
-                if kind != "keep":
-                    self._slot(kind, draft.layers[layer.name][kind], layer.name, (j,))
+            for kind in KNOBS:
+                if not FIELD_BY_NAME[kind].group:
+                    if kind in draft.layers[layer.name]:
+                        self._slot(kind, draft.layers[layer.name][kind], layer.name, (j,))
                 elif j in anchors:
                     g = anchors[j]
                     self._slot(kind, draft.keep[g.id], layer.name, members[g.id], g.id)
@@ -250,15 +224,16 @@ class Space:
 
     def _slot(self, kind: str, choices: tuple, layer: str, columns: tuple[int, ...], group: int | None = None):
         if len(choices) == 1:
-            self._fixed[kind][list(columns)] = choices[0]
+            self._fixed[kind][list(columns)] = FIELD_BY_NAME[kind].encode(choices[0])
         else:
             self.knobs.append(Knob(f"{layer}.{kind}", kind, choices, layer, group, columns))
 
     def _table(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(knob dims, padded choice table, target columns, source knob per column) of one kind."""
+        """(knob dims, padded table of encoded choices, target columns, source knob per column) of one kind."""
+        encode = FIELD_BY_NAME[kind].encode
         dims = [d for d, k in enumerate(self.knobs) if k.kind == kind]
         width = max((len(self.knobs[d].choices) for d in dims), default=1)
-        table = np.asarray([list(self.knobs[d].choices) + [self.knobs[d].choices[-1]] *
+        table = np.asarray([[encode(c) for c in self.knobs[d].choices] + [encode(self.knobs[d].choices[-1])] *
                             (width - len(self.knobs[d].choices)) for d in dims], dtype=np.float64)
         cols = [(c, i) for i, d in enumerate(dims) for c in self.knobs[d].columns]
         return (np.asarray(dims, dtype=np.int64), table.reshape(len(dims), width),
@@ -315,33 +290,33 @@ class Space:
         """The choice-index vector nearest to ``policy`` (per knob, the nearest choice; ties: the smaller)."""
         vec = np.empty(self.dim, dtype=np.int64)
         for d, knob in enumerate(self.knobs):
-            value = getattr(policy.for_layer(knob.layer), knob.kind)
-            vec[d] = np.argmin(np.abs(np.asarray(knob.choices) - value))
+            encode = FIELD_BY_NAME[knob.kind].encode
+            value = encode(getattr(policy.for_layer(knob.layer), knob.kind))
+            vec[d] = np.argmin(np.abs(np.asarray([encode(c) for c in knob.choices]) - value))
         return vec
 
     def decode(self, vec: np.ndarray) -> Policy:
         """The policy of one choice-index vector: every compute layer listed, the rest float."""
         vec = self._check(vec, 1)
-        values = {kind: self._fixed[kind].copy() for kind in KNOB_KINDS}
+        values = {kind: self._fixed[kind].copy() for kind in KNOBS}
         for knob, i in zip(self.knobs, vec):
-            values[knob.kind][list(knob.columns)] = knob.choices[i]
+            values[knob.kind][list(knob.columns)] = FIELD_BY_NAME[knob.kind].encode(knob.choices[i])
         layers = {}
         for layer in self.graph.compute_layers():
             j = self.graph.index(layer.name)
-            layers[layer.name] = LayerPolicy(w_bits=int(values["w_bits"][j]), a_bits=int(values["a_bits"][j]),
-                                             keep=float(values["keep"][j]), rank=int(values["rank"][j]))
+            layers[layer.name] = LayerPolicy(**{k: FIELD_BY_NAME[k].to_value(values[k][j]) for k in KNOBS})
         return Policy(LayerPolicy(), layers, {"model": self.graph.name, "target": self.target.name})
 
     def decode_batch(self, idx: np.ndarray) -> PolicyBatch:
         """The (N, L) arrays of N choice-index vectors (N, D), vectorised; equal to stacking :meth:`decode`."""
         idx = self._check(idx, 2)
         n = idx.shape[0]
-        out = {kind: np.repeat(self._fixed[kind][None], n, axis=0) for kind in KNOB_KINDS}
+        out = {kind: np.repeat(self._fixed[kind][None], n, axis=0) for kind in KNOBS}
         for kind, (dims, table, cols, src) in self._tables.items():
             if len(dims):
                 values = table[self._rows[kind], idx[:, dims]]  # (N, D_kind)
                 out[kind][:, cols] = values[:, src]
-        return PolicyBatch(**out, sparsity=np.zeros((n, len(self.graph))))
+        return PolicyBatch(**out)
 
     def uniform_policy(self, w_bits: int, a_bits: int, keep: float = 1.0) -> Policy:
         """The policy nearest to uniform ``w_bits``/``a_bits``/``keep`` with no rank split; pinned and

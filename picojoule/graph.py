@@ -143,6 +143,22 @@ class LayerGraph:
     def summary(self) -> dict[str, int]:
         return {"layers": len(self.layers), "macs": self.macs, "params": self.params, "groups": len(self.groups)}
 
+    def __repr__(self) -> str:
+        return (f"LayerGraph({self.name!r}: {len(self.layers)} layers, {len(self.compute_layers())} conv/linear, "
+                f"{len(self.groups)} pruning groups, {self.macs / 1e6:.2f} M MACs, {self.params:,} params)")
+
+    @classmethod
+    def from_torch(cls, model: Any, example_input: Any, name: str | None = None) -> LayerGraph:
+        """The graph of a torch ``nn.Module`` traced (``torch.export``) on ``example_input``."""
+        return build_graph(model, example_input, name=name or type(model).__name__.lower())
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, name: str | None = None) -> LayerGraph:
+        """The graph of an ONNX file."""
+        if not str(path).endswith(".onnx"):
+            raise PicojouleError(f"{path}: expected an .onnx file")
+        return build_graph(str(path), name=name)
+
 
 # --------------------------------------------------------------------------------------------------
 # assembler: RawOps -> LayerGraph

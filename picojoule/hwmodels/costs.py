@@ -56,6 +56,7 @@ def report(graph: LayerGraph, result: CostResult, i: int = 0, **carbon: float) -
         "total": {
             "macs": int(result.total_macs[i]),
             "params": int(result.total_params[i]),
+            "nonzeros": int(result.total_nonzeros[i]),
             "size_bytes": float(result.size_bytes[i]),
             "latency_s": float(result.total_latency_s[i]),
             "energy_j": total_energy,

@@ -196,8 +196,10 @@ def _load_cached(path: str) -> Target:
 _BY_NAME: dict[str, Target] = {}
 
 
-def load_target(name_or_path: str | Path) -> Target:
-    """A bundled target by name (``a100``) or any target YAML file by path."""
+def load_target(name_or_path: str | Path | Target) -> Target:
+    """A bundled target by name (``a100``), any target YAML file by path, or a :class:`Target` (as it is)."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
     text = str(name_or_path)
     if text in _BY_NAME:
         return _BY_NAME[text]

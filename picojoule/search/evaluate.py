@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from tqdm import tqdm
 from picojoule.data import ArrayDataset
 from picojoule.errors import PicojouleError
 from picojoule.passes import PASSES
+from picojoule.spaces.quantize import passthrough, run_batch
 
 Calibrate = Callable[[nn.Module, Sequence[torch.Tensor]], Any]
 #: test batch: 64 keeps a CIFAR ResNet's activations near the core's L2 cache: ResNet-20 W4A4 on 1017 images took
@@ -78,23 +79,35 @@ def reestimate_batchnorm(
     Only the BatchNorm layers run in train mode (dropout and observers stay in eval mode); no gradients.
     The model is left in eval mode. Returns the number of images used (0 if the model has no BatchNorm).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not _batchnorms(model):
+        model.eval()
+        return 0
+    data = _require_data(data, "reestimate_batchnorm")
+    stream = (xb for _, (xb, _) in zip(tqdm(range(batches), desc="BN re-estimation", disable=not progress,
+                                            file=sys.stderr), data.batches(batch_size, shuffle=True, seed=seed)))
+    return reestimate_batchnorm_on(model, stream)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def reestimate_batchnorm_on(model: nn.Module, inputs: Iterable[Any]) -> int:
+    """:func:`reestimate_batchnorm` on given input batches (tensors, or mappings of keyword inputs); returns
+    the number of samples used."""
+    bns = _batchnorms(model)
     model.eval()
     if not bns:
         return 0
-    data = _require_data(data, "reestimate_batchnorm")
     device, momenta, seen = _device(model), [bn.momentum for bn in bns], 0
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average: every batch weighs the same
         bn.train()
     try:
-        stream = data.batches(batch_size, shuffle=True, seed=seed)
         with torch.no_grad():
-            for _, (xb, _) in zip(tqdm(range(batches), desc="BN re-estimation", disable=not progress,
-                                       file=sys.stderr), stream):
-                model(xb.to(device))
-                seen += len(xb)
+            for xb in inputs:
+                seen += run_batch(model, xb, device)
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
@@ -194,22 +207,16 @@ def evaluate(
     device = _device(model)
     calib_source = calib_data if calib_data is not None else train_data
     bn_images = 0
-    if bn_reestimate:
-        if calibrate is not None:  # quantizers calibrated next: let activations through unquantized meanwhile
-            for m in model.modules():
-                if hasattr(m, "passthrough"):
-                    m.passthrough = True
-        bn_images = reestimate_batchnorm(model, _require_data(calib_source, "bn_reestimate: calib_data or "
-                                         "train_data"), seed=seed, progress=progress)
+    if bn_reestimate:  # quantizers calibrated next: let activations through unquantized meanwhile
+        with passthrough(model) if calibrate is not None else nullcontext():
+            bn_images = reestimate_batchnorm(model, _require_data(calib_source, "bn_reestimate: calib_data or "
+                                             "train_data"), seed=seed, progress=progress)
     if calibrate is not None:
         source = _require_data(calib_source, "calibrate: calib_data or train_data")
         stream = source.batches(128, shuffle=True, seed=seed)
         inputs = [xb.to(device) for _, (xb, _) in zip(range(calib_batches), stream)]
         with torch.no_grad():
             calibrate(model, inputs)
-        for m in model.modules():  # a callback that left a quantizer uncalibrated gets a clear error on use
-            if getattr(m, "passthrough", False):
-                m.passthrough = False
     finetune = None
     if finetune_steps or finetune_seconds:
         finetune = finetune_kd(model, teacher, _require_data(train_data, "fine-tune: train_data"),

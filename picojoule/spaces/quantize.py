@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -313,6 +314,30 @@ def quantize_model(model: nn.Module, bits: Mapping[str, tuple[int | None, int | 
     return model
 
 
+@contextmanager
+def passthrough(model: nn.Module) -> Iterator[None]:
+    """Let inputs through every activation quantizer of ``model`` unquantized and unobserved inside the block
+    (BatchNorm re-estimation before calibration)."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    for q in quantizers:
+        q.passthrough = True
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            q.passthrough = False
+
+
+def run_batch(model: nn.Module, batch: Any, device: torch.device) -> int:
+    """``model`` on one input batch (a tensor, or a mapping of keyword inputs); returns its batch size."""
+    if isinstance(batch, Mapping):
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        model(**inputs)
+        return len(next(iter(inputs.values())))
+    model(batch.to(device))
+    return len(batch)
+
+
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], max_batches: int | None = None) -> int:
     """Run ``batches`` (tensors, or tuples whose first item is the input) in eval mode with observers on,
@@ -332,8 +357,7 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], max
         for batch in batches:
             if max_batches is not None and used >= max_batches:
                 break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
+            run_batch(model, batch[0] if isinstance(batch, (tuple, list)) else batch, device)
             used += 1
     except BaseException:
         used = 0  # a failed run leaves the earlier ranges as they were

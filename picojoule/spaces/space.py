@@ -49,7 +49,7 @@ import numpy as np
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import Layer, LayerGraph
-from picojoule.hwmodels.target import Target
+from picojoule.hwmodels.target import Target, load_target
 from picojoule.passes import FIELD_BY_NAME, FIELDS, OWNER, PASSES
 from picojoule.passes.prune import DEFAULT_KEEP, PRUNE
 from picojoule.passes.quantize import PIN_BITS
@@ -201,7 +201,11 @@ def _draft(graph: LayerGraph, target: Target, overrides: Any, source: str) -> _D
 class Space:
     """The knobs of one graph on one target, and the maps between choice-index vectors and policies."""
 
-    def __init__(self, graph: LayerGraph, target: Target, draft: _Draft):
+    def __init__(self, graph: LayerGraph, target: Target | str, overrides: Any = None, source: str = "space"):
+        """The space of ``graph`` on ``target`` (a Target, a bundled name or a YAML path), narrowed or widened
+        by ``overrides`` (a mapping, see the module doc; ``source`` names it in errors)."""
+        target = load_target(target)
+        draft = _draft(graph, target, overrides, source)
         self.graph, self.target = graph, target
         self.pinned, self.excluded = sorted(draft.pinned), sorted(draft.excluded)
         self.knobs: list[Knob] = []
@@ -242,9 +246,10 @@ class Space:
     # -- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, graph: LayerGraph, target: Target, overrides: dict | None = None, source: str = "space") -> Space:
+    def build(cls, graph: LayerGraph, target: Target | str, overrides: dict | None = None,
+              source: str = "space") -> Space:
         """The space of ``graph`` on ``target``, narrowed or widened by ``overrides`` (see the module doc)."""
-        return cls(graph, target, _draft(graph, target, overrides, source))
+        return cls(graph, target, overrides, source)
 
     @classmethod
     def load(cls, graph: LayerGraph, target: Target, path: str | Path) -> Space:

@@ -1,0 +1,147 @@
+"""The Python API's functions over objects (no files needed): price a policy, compress a model.
+
+::
+
+    import picojoule as pj
+    graph = pj.LayerGraph.from_torch(model, example)
+    report = pj.cost(graph, "eyeriss", policy, cost_model="eyeriss")   # per-layer rows and totals
+    compressed = pj.compress(model, example, policy, calib_data=loader)
+
+Cheap, pure code: :func:`cost` imports no torch; :func:`compress` imports what touches weights when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from picojoule.errors import PicojouleError
+from picojoule.graph import LayerGraph
+from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
+from picojoule.hwmodels.costs import COST_MODELS, price, report
+from picojoule.hwmodels.target import Target, load_target
+from picojoule.policy import Policy
+
+__all__ = ["CostReport", "as_policy", "compress", "cost"]
+
+
+def as_policy(policy: Policy | Mapping[str, Any] | str | Path | None, source: str = "policy") -> Policy:
+    """A :class:`Policy` from a Policy, a policy document (mapping), a YAML/JSON path, or None (float32)."""
+    if policy is None:
+        return Policy()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, Mapping):
+        return Policy.from_dict(dict(policy), source)
+    if isinstance(policy, (str, Path)):
+        return Policy.load(policy)
+    raise PicojouleError(f"{source}: expected a Policy, a mapping or a policy file, got {type(policy).__name__}")
+
+
+@dataclass
+class CostReport:
+    """One policy priced on one target: ``total`` (macs, params, nonzeros, size_bytes, latency_s, energy_j,
+    co2e_g, energy_breakdown_j) and one row per layer in ``layers``."""
+
+    model: str
+    target: str
+    cost_model: str
+    total: dict[str, Any]
+    layers: list[dict[str, Any]] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document ``picojoule cost --json`` prints."""
+        return {"model": self.model, "target": self.target, "cost_model": self.cost_model, "total": self.total,
+                "layers": self.layers}
+
+    def to_dataframe(self) -> Any:
+        """The per-layer rows as a pandas DataFrame (energy by component in ``energy_<component>_j`` columns)."""
+        import pandas as pd
+
+        rows = [{**{k: v for k, v in row.items() if k != "energy_breakdown_j"},
+                 **{f"energy_{c}_j": e for c, e in row["energy_breakdown_j"].items()}} for row in self.layers]
+        return pd.DataFrame(rows).set_index("name")
+
+    def __repr__(self) -> str:
+        t = self.total
+        return (f"CostReport({self.model} on {self.target}, {self.cost_model}: {t['macs'] / 1e6:.2f} M MACs, "
+                f"{t['params']:,} params ({t['nonzeros']:,} non-zero), {t['size_bytes'] / 1e3:.1f} kB, "
+                f"latency {t['latency_s'] * 1e3:.4g} ms, energy {t['energy_j'] * 1e6:.4g} uJ, "
+                f"{len(self.layers)} layers)")
+
+
+def cost(graph: LayerGraph, target: Target | str, policy: Policy | Mapping[str, Any] | str | Path | None = None, *,
+         cost_model: str = "roofline", batch: int = 1, pue: float = DEFAULT_PUE,
+         grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> CostReport:
+    """``policy`` (None: float32) on ``target`` (a Target, a bundled name or a YAML path) by ``cost_model``
+    (roofline or eyeriss), per inference of ``batch`` inputs. The policy is validated against the graph."""
+    from picojoule.spaces.formats import validate_policy
+
+    if cost_model not in COST_MODELS:
+        raise PicojouleError(f"cost: unknown cost model '{cost_model}': expected one of {', '.join(COST_MODELS)}")
+    target, policy = load_target(target), as_policy(policy)
+    validate_policy(policy, graph)
+    doc = report(graph, price(graph, target, policy, model=cost_model, batch=batch), pue=pue,
+                 grid_g_per_kwh=grid_g_per_kwh)
+    return CostReport(doc["model"], doc["target"], doc["cost_model"], doc["total"], doc["layers"])
+
+
+# ------------------------------------------------------------------------------------------------- compress
+
+
+def input_batches(data: Any, limit: int | None = None) -> Iterator[Any]:
+    """Model inputs from ``data``: a picojoule ArrayDataset, a torch DataLoader or any iterable of batches (a
+    tensor, or a tuple/list whose first item is the input, or a mapping of keyword inputs), or one tensor (one
+    batch). At most ``limit`` batches."""
+    import torch
+
+    from picojoule.data import ArrayDataset
+
+    if isinstance(data, ArrayDataset):
+        stream: Iterable[Any] = (xb for xb, _ in data.batches(128, shuffle=True, seed=0))
+    elif isinstance(data, torch.Tensor):
+        stream = [data]
+    elif isinstance(data, Iterable):
+        stream = data
+    else:
+        raise PicojouleError(f"calib_data: expected a DataLoader, an iterable of batches, an ArrayDataset or a "
+                             f"tensor, got {type(data).__name__}")
+    for i, batch in enumerate(stream):
+        if limit is not None and i >= limit:
+            return
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str | Path, *, calib_data: Any = None,
+             calib_batches: int | None = 8, graph: LayerGraph | None = None, importance: str = "l1", seed: int = 0,
+             return_info: bool = False) -> Any:
+    """A compressed copy of the torch ``model`` (untouched) under ``policy``, ready to use: every compression
+    pass applied (prune, low rank, sparsity, quantize), BatchNorm statistics re-estimated after pruning and
+    activation ranges calibrated, both on ``calib_data`` (:func:`input_batches`; at most ``calib_batches``
+    batches). ``calib_data`` is required when the policy prunes or quantizes activations.
+    With ``return_info``, returns ``(model, ApplyInfo)``."""
+    import torch
+
+    from picojoule.search.evaluate import reestimate_batchnorm_on
+    from picojoule.spaces.apply import apply_policy
+    from picojoule.spaces.quantize import calibrate_activations, passthrough
+
+    policy = as_policy(policy)
+    compressed, info = apply_policy(model, example, policy, graph=graph, importance=importance, seed=seed)  # type: ignore[arg-type]
+    if (info.channels or info.needs_calibration) and calib_data is None:
+        what = "re-estimate BatchNorm after pruning" if info.channels else "calibrate activation ranges"
+        raise PicojouleError(f"compress: field 'calib_data': needed to {what}; pass a DataLoader or batches")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if info.channels:
+            with passthrough(compressed):  # activation ranges are calibrated after the BatchNorm statistics
+                reestimate_batchnorm_on(compressed, input_batches(calib_data, calib_batches))
+        if info.needs_calibration:
+            used = calibrate_activations(compressed, input_batches(calib_data, calib_batches))
+            if not used:
+                raise PicojouleError("compress: field 'calib_data': no batches to calibrate activation ranges")
+    compressed.eval()
+    return (compressed, info) if return_info else compressed
+

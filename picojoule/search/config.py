@@ -120,6 +120,14 @@ def parse_objective(text: Any) -> Objective:
     return Objective(metric=metric, maximise=natural)
 
 
+def _checked(check: Any, value: str) -> None:
+    """``check(value)``, its PicojouleError raised as the ValueError a validator reports."""
+    try:
+        check(value)
+    except PicojouleError as e:
+        raise ValueError(str(e)) from None
+
+
 class SearchSettings(_Strict):
     """How to search: everything of a search problem but the model, its data and the target (which the Python
     API, :func:`picojoule.search`, takes as objects)."""
@@ -161,10 +169,7 @@ class SearchSettings(_Strict):
     @classmethod
     def _warm_start(cls, v: list[str]) -> list[str]:
         for name in v:
-            try:
-                baseline_bits(name)
-            except PicojouleError as e:
-                raise ValueError(str(e)) from None
+            _checked(baseline_bits, name)
         return v
 
     @model_validator(mode="after")
@@ -221,10 +226,7 @@ class SearchConfig(SearchSettings):
     def _target(cls, v: str) -> str:
         from picojoule.hwmodels.target import load_target
 
-        try:
-            load_target(v)
-        except PicojouleError as e:
-            raise ValueError(str(e)) from None
+        _checked(load_target, v)
         return v
 
     @model_validator(mode="after")

@@ -313,10 +313,14 @@ class _Loop:
 # ------------------------------------------------------------------------------------------------- entry
 
 
+def _where(source: str) -> str:
+    return f"{source}: field 'strategy_options'"
+
+
 def check_run(settings: SearchSettings, source: str, run_dir: Path | None, resume: bool) -> str:
     """What can fail before anything is loaded or written: the storage and the strategy options. Returns where
     the options are named in error messages."""
-    where = f"{source}: field 'strategy_options'"
+    where = _where(source)
     make_sampler(settings.strategy, settings.seed, settings.strategy_options, where)
     if run_dir is None:
         if resume:
@@ -358,7 +362,7 @@ def run_problem(problem: Problem, run_dir: Path | None, resume: bool = False, pr
     """Search ``problem``: in memory (``run_dir`` None: an Optuna in-memory study, no files, no lock) or in the
     run directory ``run_dir`` (journal, config copy, lock, reports; resumable). Call :func:`check_run` first."""
     quiet_optuna()
-    where = f"{problem.source}: field 'strategy_options'"
+    where = _where(problem.source)
     if run_dir is None:
         return _search(None, problem, False, progress, callbacks, where, metric_name)
     with run_lock(run_dir):

@@ -9,6 +9,10 @@ The Python API (objects first, files optional)::
     report = pj.cost(graph, target, policy, cost_model="eyeriss")
     space = pj.Space(graph, target, overrides={"defaults": {"keep": [0.5, 1.0]}})
     compressed = pj.compress(model, example, policy, calib_data=loader)
+    result = pj.search(model, example, target=target, evaluate=my_metric, calib_data=loader,
+                       objectives=["maximise accuracy", "minimise energy"],
+                       constraints=["energy <= 0.5 * uniform_int8"], trials=200, storage=None)
+    result.front, result.best("accuracy"), result.to_dataframe()
 
 Names are imported on first use, so ``import picojoule`` stays cheap (no torch) and changes no global state.
 """
@@ -36,12 +40,16 @@ _LAZY = {
     "compress": "picojoule.api",
     "PASSES": "picojoule.passes",
     "CompressionPass": "picojoule.passes",
+    "SearchResult": "picojoule.search.engine",
 }
 
-__all__ = ["PicojouleError", "__version__", *_LAZY]
+__all__ = ["PicojouleError", "__version__", "search", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "search":  # the picojoule.search package is callable as picojoule.search.api.search, so that
+        # pj.search(...) works whether or not a submodule import has bound the name to the package already
+        return importlib.import_module("picojoule.search")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'picojoule' has no attribute {name!r}")

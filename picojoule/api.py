@@ -12,7 +12,7 @@ Cheap, pure code: :func:`cost` imports no torch; :func:`compress` imports what t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,57 +91,29 @@ def cost(graph: LayerGraph, target: Target | str, policy: Policy | Mapping[str, 
 # ------------------------------------------------------------------------------------------------- compress
 
 
-def input_batches(data: Any, limit: int | None = None) -> Iterator[Any]:
-    """Model inputs from ``data``: a picojoule ArrayDataset, a torch DataLoader or any iterable of batches (a
-    tensor, or a tuple/list whose first item is the input, or a mapping of keyword inputs), or one tensor (one
-    batch). At most ``limit`` batches."""
-    import torch
-
-    from picojoule.data import ArrayDataset
-
-    if isinstance(data, ArrayDataset):
-        stream: Iterable[Any] = (xb for xb, _ in data.batches(128, shuffle=True, seed=0))
-    elif isinstance(data, torch.Tensor):
-        stream = [data]
-    elif isinstance(data, Iterable):
-        stream = data
-    else:
-        raise PicojouleError(f"calib_data: expected a DataLoader, an iterable of batches, an ArrayDataset or a "
-                             f"tensor, got {type(data).__name__}")
-    for i, batch in enumerate(stream):
-        if limit is not None and i >= limit:
-            return
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str | Path, *, calib_data: Any = None,
-             calib_batches: int | None = 8, graph: LayerGraph | None = None, importance: str = "l1", seed: int = 0,
+             calib_batches: int = 8, graph: LayerGraph | None = None, importance: str = "l1", seed: int = 0,
              return_info: bool = False) -> Any:
     """A compressed copy of the torch ``model`` (untouched) under ``policy``, ready to use: every compression
     pass applied (prune, low rank, sparsity, quantize), BatchNorm statistics re-estimated after pruning and
-    activation ranges calibrated, both on ``calib_data`` (:func:`input_batches`; at most ``calib_batches``
-    batches). ``calib_data`` is required when the policy prunes or quantizes activations.
-    With ``return_info``, returns ``(model, ApplyInfo)``."""
+    activation ranges calibrated (``calib_batches`` batches of 128), both on ``calib_data``: a torch DataLoader,
+    any iterable of batches (``x`` or ``(x, y)``) or a picojoule ArrayDataset. ``calib_data`` is required when the
+    policy prunes or quantizes activations. With ``return_info``, returns ``(model, ApplyInfo)``."""
     import torch
 
-    from picojoule.search.evaluate import reestimate_batchnorm_on
+    from picojoule.search.evaluate import as_calibration, repair
     from picojoule.spaces.apply import apply_policy
-    from picojoule.spaces.quantize import calibrate_activations, passthrough
+    from picojoule.spaces.quantize import calibrate_activations
 
     policy = as_policy(policy)
     compressed, info = apply_policy(model, example, policy, graph=graph, importance=importance, seed=seed)  # type: ignore[arg-type]
     if (info.channels or info.needs_calibration) and calib_data is None:
         what = "re-estimate BatchNorm after pruning" if info.channels else "calibrate activation ranges"
         raise PicojouleError(f"compress: field 'calib_data': needed to {what}; pass a DataLoader or batches")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the observers sample with torch's global generator
         torch.manual_seed(seed)
-        if info.channels:
-            with passthrough(compressed):  # activation ranges are calibrated after the BatchNorm statistics
-                reestimate_batchnorm_on(compressed, input_batches(calib_data, calib_batches))
-        if info.needs_calibration:
-            used = calibrate_activations(compressed, input_batches(calib_data, calib_batches))
-            if not used:
-                raise PicojouleError("compress: field 'calib_data': no batches to calibrate activation ranges")
+        repair(compressed, as_calibration(calib_data, limit=128 * calib_batches), bn_reestimate=bool(info.channels),
+               calibrate=calibrate_activations if info.needs_calibration else None, calib_batches=calib_batches,
+               seed=seed)
     compressed.eval()
     return (compressed, info) if return_info else compressed
-

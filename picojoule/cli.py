@@ -216,6 +216,7 @@ def _search(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
+    from picojoule.search.config import COST_MODEL_NAMES, STRATEGIES
 
     parser = argparse.ArgumentParser(prog="picojoule", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="zoo name (resnet20, resnet50, mobilenet_v2, bert_base, ...) or an .onnx path")
     p.add_argument("--target", required=True, help="target name (see 'picojoule targets') or a target .yaml")
     p.add_argument("--policy", help="policy YAML/JSON (default: float32, unpruned)")
-    p.add_argument("--cost-model", choices=["roofline", "eyeriss"], default="roofline")
+    p.add_argument("--cost-model", choices=COST_MODEL_NAMES, default="roofline")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--pue", type=float, default=DEFAULT_PUE)
     p.add_argument("--grid", type=float, default=DEFAULT_GRID_G_PER_KWH, help="grid carbon intensity, g CO2e/kWh")
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=0, help="KD fine-tune steps (0: post-training only)")
     p.add_argument("--finetune-seconds", type=float, default=None, help="KD fine-tune time budget")
     p.add_argument("--target", default="eyeriss", help="target to cost the compressed model on")
-    p.add_argument("--cost-model", choices=["roofline", "eyeriss"], default="eyeriss")
+    p.add_argument("--cost-model", choices=COST_MODEL_NAMES, default="eyeriss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the compressed model (policy + weights) to this .pt file")
     p.add_argument("--json", action="store_true")
@@ -266,8 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/search-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--trials", type=int)
-    from picojoule.search.config import STRATEGIES
-
     p.add_argument("--strategy", choices=STRATEGIES)
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="Ray actors evaluating accuracy (0: in this process)")

@@ -138,16 +138,14 @@ def test_fit_rejects_bad_input(graph, host):
 
 def test_run_directory_gives_its_chosen_policy(tmp_path):
     run = tmp_path / "run"
-    (run / "pareto").mkdir(parents=True)
-    for n, keep in ((3, 0.5), (7, 0.75)):
-        Policy.uniform(8, 8, keep).save(run / "pareto" / f"trial_0000{n}.yaml")
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": "resnet20", "weights": "w.th"}))
-    (run / "report.md").write_text("# run\n\n## Winners\n\n| objective | trial |\n|---|---|\n"
-                                   "| minimise latency | [7](pareto/trial_00007.yaml) |\n"
-                                   "| maximise accuracy | [3](pareto/trial_00003.yaml) |\n\n## Pareto front\n")
+    run.mkdir()
+    winners = [{"objective": "minimise latency", "trial": 7, "policy": Policy.uniform(8, 8, 0.75).to_dict()},
+               {"objective": "maximise accuracy", "trial": 3, "policy": Policy.uniform(8, 8, 0.5).to_dict()}]
+    (run / "result.json").write_text(json.dumps({"config": {"model": "resnet20", "weights": "w.th"},
+                                                 "winners": winners}))
     policy, model, weights, name = _resolve(run, None, None)
     assert (model, weights, name) == ("resnet20", "w.th", "trial_00007") and policy.default.keep == 0.75
-    (run / "report.md").unlink()
+    (run / "result.json").unlink()
     with pytest.raises(PicojouleError, match="not a finished search run"):
         chosen_policy(run)
     with pytest.raises(PicojouleError, match="names no model"):

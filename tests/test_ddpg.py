@@ -15,7 +15,7 @@ from picojoule.errors import PicojouleError
 from picojoule.search.baselines import baseline_policy
 from picojoule.search.config import config_from_dict
 from picojoule.search.constraints import all_hold
-from picojoule.search.engine import SearchResult, run_search
+from picojoule.search.engine import SearchResult, run_search, strategy_context
 from picojoule.search.problem import Problem, build_problem
 from picojoule.search.strategies import DDPGStrategy
 from picojoule.search.strategies.ddpg import ACTIONS
@@ -36,7 +36,7 @@ def _problem(*constraints: str) -> Problem:
 def _agent(problem: Problem, **options) -> DDPGStrategy:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=[o.direction for o in problem.objectives])
-    return DDPGStrategy(problem.space, study, problem, seed=0, options=options)
+    return DDPGStrategy(strategy_context(problem, study, options=options))
 
 
 def _summary(res: SearchResult) -> list[tuple]:
@@ -120,7 +120,7 @@ def test_resume_replays_the_journal(tmp_path: Path) -> None:
     res = run_search(None, out, resume=True, trials=24, progress=False)
     assert sum(r.counted for r in res.records) == 24 and res.new_trials == 10
     assert sum(ACTIONS in t.user_attrs for t in res.study.trials) == 23  # all but the warm start
-    agent = DDPGStrategy.for_run(res.problem.space, res.study, out, 0, COST_ONLY["strategy_options"], "test")
+    agent = DDPGStrategy(strategy_context(res.problem, res.study, res.baselines, resume=True))
     assert agent.told == 24 and agent.stored == 24 * len(agent.dims) and agent.episodes == 24
     # the rebuilt agent acts after its warm-up: its actor has been trained on the replayed episodes
     assert not np.allclose(agent.actor[0][0].weight.detach().numpy(),

@@ -4,41 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from picojoule.errors import PicojouleError
 
 __all__ = ["add_parsers", "chosen_policy", "run_calibrate", "run_compile"]
-
-#: the first winner link of a search run's report.md (the first objective's winner, the run's chosen policy)
-_WINNER = re.compile(r"\]\((pareto/trial_\d+\.yaml)\)")
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def chosen_policy(run_dir: Path) -> Path:
-    """The chosen policy of a search run directory: the first objective's winner in its report.md (or the
-    only policy of its pareto/)."""
-    report = run_dir / "report.md"
-    if report.is_file():
-        text = report.read_text()
-        winners = text.split("## Winners", 1)[-1].split("\n## ", 1)[0]
-        if (m := _WINNER.search(winners)) and (run_dir / m.group(1)).is_file():
-            return run_dir / m.group(1)
-    front = sorted((run_dir / "pareto").glob("trial_*.yaml"))
-    if len(front) == 1:
-        return front[0]
-    raise PicojouleError(f"{run_dir}: not a finished search run (no winner in report.md and {len(front)} policies "
-                         "in pareto/): give a policy file, e.g. one of pareto/trial_*.yaml")
+def chosen_policy(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
+    """(policy, the run's config as result.json gives it, name) of a search run directory's chosen policy: the
+    first objective's winner in its result.json."""
+    from picojoule.policy import Policy
+    from picojoule.search.report import RESULT_FILE
+
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        raise PicojouleError(f"{run_dir}: not a finished search run (no {RESULT_FILE}): give a policy file, "
+                             "e.g. one of pareto/trial_*.yaml")
+    try:
+        result = json.loads(path.read_text())
+        winners, config = result["winners"], result.get("config") or {}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PicojouleError(f"{path}: not a picojoule result ({type(e).__name__}: {e})") from None
+    if not winners:
+        raise PicojouleError(f"{path}: the search found no feasible policy: give a policy file")
+    first = winners[0]
+    return Policy.from_dict(first["policy"], f"{path}: winners[0].policy"), config, f"trial_{first['trial']:05d}"
 
 
 def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any, str, str | None, str]:
@@ -47,18 +46,15 @@ def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any,
 
     config: dict[str, Any] = {}
     if source.is_dir():
-        path = chosen_policy(source)
-        if (source / "config.yaml").is_file():
-            config = yaml.safe_load((source / "config.yaml").read_text()) or {}
+        policy, config, name = chosen_policy(source)
     elif source.exists():
-        path = source
+        policy, name = Policy.load(source), source.stem
     else:
         raise PicojouleError(f"{source}: no such policy file or search run directory")
-    policy = Policy.load(path)
     spec = model or config.get("model") or policy.meta.get("model")
     if not spec:
-        raise PicojouleError(f"{path}: the policy names no model (field 'model'): give --model")
-    return policy, str(spec), weights or config.get("weights"), path.stem
+        raise PicojouleError(f"{source}: the policy names no model (field 'model'): give --model")
+    return policy, str(spec), weights or config.get("weights"), name
 
 
 def noise_batches(example: Any, calib_data: str | None) -> tuple[list[Any], str]:

@@ -34,13 +34,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from picojoule.errors import PicojouleError
 from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
+from picojoule.hwmodels.costs import COST_MODELS
 from picojoule.search.baselines import baseline_bits
 from picojoule.search.constraints import ConstraintProgram
 from picojoule.search.metrics import METRICS, OBJECTIVE_METRICS
+from picojoule.search.strategies import STRATEGIES as _STRATEGY_REGISTRY
 from picojoule.yamlfile import read_yaml, validated
 
 DIGITS = "digits"
-STRATEGIES = ("nsga2", "tpe", "gp", "random", "ddpg")
+#: the registered names (the registries are picojoule.search.strategies.STRATEGIES and hwmodels.costs.COST_MODELS)
+STRATEGIES = tuple(_STRATEGY_REGISTRY)
+COST_MODEL_NAMES = tuple(COST_MODELS)
 _HOOK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _DIRECTIONS = {"maximise": True, "maximize": True, "max": True, "minimise": False, "minimize": False, "min": False}
 #: fields a resumed run may change; every other field must match the run's saved config
@@ -116,14 +120,19 @@ def parse_objective(text: Any) -> Objective:
     return Objective(metric=metric, maximise=natural)
 
 
-class SearchConfig(_Strict):
-    """A search problem. Build it with :func:`load_config` (a YAML file) or :func:`config_from_dict`."""
+def _checked(check: Any, value: str) -> None:
+    """``check(value)``, its PicojouleError raised as the ValueError a validator reports."""
+    try:
+        check(value)
+    except PicojouleError as e:
+        raise ValueError(str(e)) from None
 
-    model: str = DIGITS
-    weights: str | None = None
-    data: DataConfig | None = None
-    target: str
-    cost_model: Literal["roofline", "eyeriss"] = "roofline"
+
+class SearchSettings(_Strict):
+    """How to search: everything of a search problem but the model, its data and the target (which the Python
+    API, :func:`picojoule.search`, takes as objects)."""
+
+    cost_model: Literal[COST_MODEL_NAMES] = "roofline"  # type: ignore[valid-type]
     batch: int = Field(1, ge=1, description="inference batch the cost model prices")
     objectives: list[str] = Field(default_factory=lambda: ["maximise accuracy", "minimise energy"], min_length=1)
     constraints: list[str] = Field(default_factory=list)
@@ -138,27 +147,6 @@ class SearchConfig(_Strict):
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     backend: Literal["picojoule", "ray-tune"] = "picojoule"
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        from picojoule.zoo import ZOO_NAMES
-
-        if v == DIGITS or v in ZOO_NAMES or v.endswith(".onnx") or _HOOK_RE.match(v):
-            return v
-        raise ValueError(f"'{v}' is not 'digits', a zoo model ({', '.join(ZOO_NAMES)}), an .onnx path or "
-                         "'package.module:function'")
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str) -> str:
-        from picojoule.hwmodels.target import load_target
-
-        try:
-            load_target(v)
-        except PicojouleError as e:
-            raise ValueError(str(e)) from None
-        return v
 
     @field_validator("objectives")
     @classmethod
@@ -181,25 +169,14 @@ class SearchConfig(_Strict):
     @classmethod
     def _warm_start(cls, v: list[str]) -> list[str]:
         for name in v:
-            try:
-                baseline_bits(name)
-            except PicojouleError as e:
-                raise ValueError(str(e)) from None
+            _checked(baseline_bits, name)
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> SearchConfig:
-        if self.needs_accuracy:
-            if self.model.endswith(".onnx"):
-                raise ValueError("model: an .onnx model can be costed but not evaluated for accuracy: use a zoo "
-                                 "name or package.module:function, or drop accuracy from objectives and constraints")
-            if self.data is None and self.model != DIGITS:
-                raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
+    def _settings_consistent(self) -> SearchSettings:
         if self.backend == "ray-tune" and self.strategy == "ddpg":
             raise ValueError("backend: ray-tune drives Optuna samplers (nsga2, tpe, gp, random), not ddpg; "
                              "use backend: picojoule for ddpg")
-        if self.evaluation.finetune_steps and self.data is not None and self.data.train is None:
-            raise ValueError("data.train: required for evaluation.finetune_steps > 0")
         return self
 
     # -- derived -----------------------------------------------------------------------------------
@@ -216,6 +193,54 @@ class SearchConfig(_Strict):
     def needs_accuracy(self) -> bool:
         return any(METRICS[o.metric].needs_accuracy for o in self.objective_list) or self.program.needs_accuracy
 
+    def dump(self) -> dict[str, Any]:
+        """A plain dict that validates back to an equal object."""
+        return self.model_dump(mode="json")
+
+
+#: the fields of a SearchConfig that name what is searched (the rest are SearchSettings)
+SOURCE_FIELDS = ("model", "weights", "data", "target")
+
+
+class SearchConfig(SearchSettings):
+    """A search problem as a file states it: the settings plus the model, data and target by name. Build it with
+    :func:`load_config` (a YAML file) or :func:`config_from_dict`."""
+
+    model: str = DIGITS
+    weights: str | None = None
+    data: DataConfig | None = None
+    target: str
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        from picojoule.zoo import ZOO_NAMES
+
+        if v == DIGITS or v in ZOO_NAMES or v.endswith(".onnx") or _HOOK_RE.match(v):
+            return v
+        raise ValueError(f"'{v}' is not 'digits', a zoo model ({', '.join(ZOO_NAMES)}), an .onnx path or "
+                         "'package.module:function'")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from picojoule.hwmodels.target import load_target
+
+        _checked(load_target, v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        if self.needs_accuracy:
+            if self.model.endswith(".onnx"):
+                raise ValueError("model: an .onnx model can be costed but not evaluated for accuracy: use a zoo "
+                                 "name or package.module:function, or drop accuracy from objectives and constraints")
+            if self.data is None and self.model != DIGITS:
+                raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
+        if self.evaluation.finetune_steps and self.data is not None and self.data.train is None:
+            raise ValueError("data.train: required for evaluation.finetune_steps > 0")
+        return self
+
     @property
     def data_config(self) -> DataConfig | None:
         """The data, with digits as the default for the digits model."""
@@ -224,8 +249,9 @@ class SearchConfig(_Strict):
         return self.data
 
     def dump(self) -> dict[str, Any]:
-        """A plain dict that :func:`config_from_dict` reads back to an equal config."""
-        return self.model_dump(mode="json")
+        """A plain dict that :func:`config_from_dict` reads back to an equal config (what is searched first)."""
+        out = super().dump()
+        return {**{k: out.pop(k) for k in SOURCE_FIELDS}, **out}
 
 
 def _format_error(source: str, err: ValidationError) -> str:
@@ -243,9 +269,10 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: field '{loc or '(top level)'}': {msg}".replace("\n", " ")
 
 
-def config_from_dict(data: Any, source: str = "config") -> SearchConfig:
-    """Validate a mapping; a one-line PicojouleError naming ``source`` and the field otherwise."""
-    return validated(SearchConfig, data, source, "search settings", _format_error)
+def config_from_dict(data: Any, source: str = "config", cls: type[SearchSettings] = SearchConfig) -> SearchConfig:
+    """Validate a mapping as ``cls`` (a SearchConfig, or the SearchSettings of the Python API); a one-line
+    PicojouleError naming ``source`` and the field otherwise."""
+    return validated(cls, data, source, "search settings", _format_error)
 
 
 def load_config(path: str | Path) -> SearchConfig:

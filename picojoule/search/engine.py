@@ -1,4 +1,7 @@
-"""The search loop: ask, price, (maybe) evaluate, tell; then write the run directory.
+"""The search loop: ask, price, (maybe) evaluate, tell; then, if the search is stored, write the run directory.
+
+:func:`run_problem` is the one core: :func:`picojoule.search` (objects) and :func:`run_search` (a config file or
+mapping) both build a :class:`~picojoule.search.problem.Problem` and call it.
 
 Two stages per trial. Every proposed policy is priced by the vectorised cost model (microseconds); one
 that breaks a hardware constraint is told infeasible at once, with the accuracy it was never measured at
@@ -17,30 +20,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tqdm import tqdm
 
 from picojoule.errors import PicojouleError
 from picojoule.search.baselines import REPORT_BASELINES, baseline_policy
-from picojoule.search.config import SearchConfig, resolve_config
+from picojoule.search.config import SearchConfig, SearchSettings, resolve_config
 from picojoule.search.constraints import all_hold
 from picojoule.search.executors import Executor, SerialExecutor, safe_evaluate
-from picojoule.search.journal import TrialRecord, knob_params, quiet_optuna, read_records, recover_interrupted
-from picojoule.search.metrics import accuracy_metrics, format_value
+from picojoule.search.journal import (TrialRecord, knob_params, open_study, quiet_optuna, read_records,
+                                      recover_interrupted)
+from picojoule.search.metrics import METRICS, accuracy_metrics, format_value
 from picojoule.search.pareto import RunningFront, pareto_front
 from picojoule.search.problem import Evaluator, Problem, build_problem
 from picojoule.search.projection import Projector
 from picojoule.search.rundir import check_run_dir, run_lock, saved_config_path, write_config
-from picojoule.search.strategies import Strategy, make_sampler, make_strategy
+from picojoule.search.strategies import Strategy, StrategyContext, make_sampler, make_strategy
 from picojoule.policy import Policy
 
 Callback = Callable[[TrialRecord], None]
 
 
-@dataclass
+@dataclass(repr=False)
 class SearchResult:
-    """A finished (or resumed and finished) search, as its journal holds it."""
+    """A finished (or resumed and finished) search, as its study holds it.
 
-    run_dir: Path
+    ``front`` are the feasible Pareto-front trials (each with ``.policy`` and ``.metrics``); :meth:`best` picks
+    one by a metric, :meth:`to_dataframe` gives every trial, ``print(result)`` a short summary. A search with an
+    ``evaluate`` callable reports what it returns as ``accuracy`` (``metric_name`` is its name for display)."""
+
+    run_dir: Path | None  # None: the search ran in memory and wrote nothing
     problem: Problem
     records: list[TrialRecord]
     front: list[TrialRecord]
@@ -48,38 +57,85 @@ class SearchResult:
     bounds: dict[str, float]
     new_trials: int  # trials this call finished
     evaluations: int  # accuracy evaluations this call ran
-    study: Any = None  # the Optuna study on the run's journal
+    study: Any = None  # the Optuna study (on the run's journal, or in memory)
     outputs: dict[str, Path] = field(default_factory=dict)
+    metric_name: str = "accuracy"
 
     @property
-    def config(self) -> SearchConfig:
+    def config(self) -> SearchSettings:
         return self.problem.config
 
     @property
     def winners(self) -> dict[str, TrialRecord]:
         """For each objective, the front's best policy (ties: the earliest trial)."""
-        out = {}
-        for o in self.problem.objectives:
-            if self.front:
-                key = (lambda r, m=o.metric: -r.metrics[m]) if o.maximise else (lambda r, m=o.metric: r.metrics[m])
-                out[str(o)] = min(self.front, key=lambda r: (key(r), r.number))
-        return out
+        return {str(o): self.best(o.metric) for o in self.problem.objectives if self.front}
 
     @property
     def chosen(self) -> TrialRecord | None:
         """The winner of the first objective: the policy the plots show."""
         return next(iter(self.winners.values()), None)
 
+    def best(self, metric: str) -> TrialRecord:
+        """The front's best trial by ``metric`` (in its natural direction; ties: the earliest trial); its
+        ``.policy`` is the policy."""
+        if metric not in METRICS:
+            raise PicojouleError(f"best: unknown metric '{metric}' (expected one of {', '.join(METRICS)})")
+        if not self.front:
+            raise PicojouleError("best: no feasible policy was found: loosen the constraints or give more trials")
+        sign = -1.0 if METRICS[metric].maximise else 1.0
+        return min(self.front, key=lambda r: (sign * r.metrics.get(metric, math.nan), r.number))
+
     def policy(self, record: TrialRecord) -> Policy:
         """The record's policy, with where it came from and what it scored."""
         policy = self.problem.space.decode(record.vec)
         policy.meta.update({
-            "provenance": {"tool": "picojoule", "run": str(self.run_dir), "trial": record.number,
-                           "strategy": self.config.strategy, "seed": self.config.seed,
+            "provenance": {"tool": "picojoule", "run": str(self.run_dir) if self.run_dir else None,
+                           "trial": record.number, "strategy": self.config.strategy, "seed": self.config.seed,
                            "cost_model": self.config.cost_model},
             "metrics": {k: v for k, v in record.metrics.items() if not math.isnan(v)},
         })
         return policy
+
+    def to_dataframe(self) -> Any:
+        """A pandas DataFrame, one row per trial: state, feasibility, every metric (SI units), the constraint
+        violations and the knob values (as in trials.csv)."""
+        import pandas as pd
+
+        from picojoule.search.report import trial_rows
+
+        return pd.DataFrame(list(trial_rows(self))).set_index("trial")
+
+    def summary(self) -> str:
+        """A few lines: trials, feasible, front size, the best per objective, the baselines."""
+        counted = [r for r in self.records if r.counted]
+        feasible = sum(r.feasible for r in counted)
+        failed = sum(r.state == "fail" for r in counted)
+        name = lambda m: self.metric_name if m == "accuracy" else m  # noqa: E731
+        where = f"run directory {self.run_dir}" if self.run_dir else "in memory"
+        lines = [f"SearchResult: {self.problem.graph.name} on {self.problem.target.name} ({self.config.strategy}, "
+                 f"{self.config.cost_model} cost model, {where})",
+                 f"  {len(counted)} trials: {feasible} feasible, {len(counted) - feasible - failed} infeasible, "
+                 f"{failed} failed; Pareto front: {len(self.front)}"]
+        for label, r in self.winners.items():
+            o = label.split()[-1]
+            lines.append(f"  best {name(o)}: {format_value(o, r.metrics.get(o, math.nan))} (trial {r.number}; "
+                         + ", ".join(f"{name(m)} {format_value(m, r.metrics.get(m, math.nan))}"
+                                     for m in self._shown() if m != o) + ")")
+        if not self.front:
+            lines.append("  no feasible policy: loosen the constraints or give more trials")
+        for b, metrics in self.baselines.items():
+            lines.append(f"  baseline {b}: " + ", ".join(f"{name(m)} {format_value(m, metrics.get(m, math.nan))}"
+                                                       for m in self._shown()))
+        return "\n".join(lines)
+
+    def _shown(self) -> list[str]:
+        objectives = [o.metric for o in self.problem.objectives]
+        return list(dict.fromkeys([*objectives, *(c.metric for c in self.problem.program)]))
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    __repr__ = __str__
 
 
 # ------------------------------------------------------------------------------------------------- stages
@@ -257,6 +313,26 @@ class _Loop:
 # ------------------------------------------------------------------------------------------------- entry
 
 
+def _where(source: str) -> str:
+    return f"{source}: field 'strategy_options'"
+
+
+def check_run(settings: SearchSettings, source: str, run_dir: Path | None, resume: bool) -> str:
+    """What can fail before anything is loaded or written: the storage and the strategy options. Returns where
+    the options are named in error messages."""
+    where = _where(source)
+    make_sampler(settings.strategy, settings.seed, settings.strategy_options, where)
+    if run_dir is None:
+        if resume:
+            raise PicojouleError(f"{source}: resume needs the storage (a run directory) of the search to resume")
+        if settings.backend == "ray-tune":
+            raise PicojouleError(f"{source}: field 'backend': ray-tune keeps its records in a run directory: "
+                                 "give storage")
+    else:
+        check_run_dir(run_dir, settings, resume)
+    return where
+
+
 def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | Path, resume: bool = False,
                progress: bool = True, callbacks: Sequence[Callback] = (), **overrides: Any) -> SearchResult:
     """Run (or resume) the search ``config`` states, writing everything to ``out_dir``.
@@ -265,57 +341,85 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
     config. ``overrides`` replace config fields (``trials=50``, ``seed=1``, ``workers=2``, ...; a mapping
     merges into a mapping field). On resume only trials, workers and ray_address may differ from the run's
     config. ``callbacks`` are called with each finished trial (native backend only). ``backend: ray-tune`` hands
-    the trials to Ray Tune (:mod:`picojoule.search.tune_backend`).
+    the trials to Ray Tune (:mod:`picojoule.search.tune_backend`). The config's model, data and target are
+    loaded, accuracy is top-1 on its test split, and the same core as :func:`picojoule.search` runs.
     """
-    quiet_optuna()
     run_dir = Path(out_dir)
     if config is None:
         if not resume:
             raise PicojouleError("run_search: a config is needed to start a search (None only resumes one)")
         config = saved_config_path(run_dir)
+        if "target" not in (yaml.safe_load(config.read_text()) or {}):
+            raise PicojouleError(f"{run_dir}: this run was started from Python with a model object "
+                                 "(picojoule.search): resume it there, with storage and resume=True")
     cfg, source = resolve_config(config, **overrides)
-    check_run_dir(run_dir, cfg, resume)
-    where = f"{source}: field 'strategy_options'"
-    make_sampler(cfg.strategy, cfg.seed, cfg.strategy_options, where)  # bad options fail before anything is written
-    problem = build_problem(cfg, source)
+    check_run(cfg, source, run_dir, resume)
+    return run_problem(build_problem(cfg, source), run_dir, resume, progress, callbacks)
+
+
+def run_problem(problem: Problem, run_dir: Path | None, resume: bool = False, progress: bool = True,
+                callbacks: Sequence[Callback] = (), metric_name: str = "accuracy") -> SearchResult:
+    """Search ``problem``: in memory (``run_dir`` None: an Optuna in-memory study, no files, no lock) or in the
+    run directory ``run_dir`` (journal, config copy, lock, reports; resumable). Call :func:`check_run` first."""
+    quiet_optuna()
+    where = _where(problem.source)
+    if run_dir is None:
+        return _search(None, problem, False, progress, callbacks, where, metric_name)
     with run_lock(run_dir):
-        write_config(run_dir, cfg)
-        if cfg.backend == "ray-tune":
+        write_config(run_dir, problem.config)
+        if problem.config.backend == "ray-tune":
             from picojoule.search.tune_backend import run_tune
 
             return run_tune(run_dir, problem, resume, progress, where)
-        return _search(run_dir, problem, resume, progress, callbacks, where)
+        return _search(run_dir, problem, resume, progress, callbacks, where, metric_name)
 
 
-def _search(run_dir: Path, problem: Problem, resume: bool, progress: bool, callbacks: Sequence[Callback],
-            where: str) -> SearchResult:
-    """The run itself, under the run directory's lock."""
+def strategy_context(problem: Problem, study: Any, baselines: dict[str, dict[str, float]] | None = None,
+                     resume: bool = False, where: str = "strategy_options",
+                     options: dict[str, Any] | None = None) -> StrategyContext:
+    """What the problem's strategy is built from (``baselines``: cost-only ones if not given)."""
     cfg = problem.config
-    strategy = make_strategy(cfg.strategy, problem.space, run_dir, [o.direction for o in problem.objectives],
-                             cfg.seed, cfg.strategy_options, resume, where)
-    if resume:
-        recover_interrupted(strategy.study)
+    baselines = baselines_of(problem, study, None) if baselines is None else baselines
+    return StrategyContext(cfg.strategy, problem.space, study, problem.priced, problem.program, problem.objectives,
+                           baselines, problem.program.bounds(baselines), cfg.seed,
+                           cfg.strategy_options if options is None else options, resume, where)
+
+
+def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool, callbacks: Sequence[Callback],
+            where: str, metric_name: str = "accuracy") -> SearchResult:
+    """The run itself (under the run directory's lock when stored)."""
+    cfg = problem.config
+    study = open_study(run_dir, [o.direction for o in problem.objectives],
+                       make_sampler(cfg.strategy, cfg.seed, cfg.strategy_options, where), resume)
     executor, evaluator = _executor(problem)
     try:
-        baselines = baselines_of(problem, strategy.study, evaluator)
+        baselines = baselines_of(problem, study, evaluator)
         bounds = problem.program.bounds(baselines)
-        if not resume:
+        strategy = make_strategy(strategy_context(problem, study, baselines, resume, where))
+        if resume:
+            recover_interrupted(study)
+        else:
             for params, attrs in warm_start_trials(problem, bounds):
-                strategy.study.enqueue_trial(params, user_attrs=attrs)
+                study.enqueue_trial(params, user_attrs=attrs)
         loop = _Loop(problem, strategy, executor, baselines, bounds, callbacks, progress)
-        loop.run(read_records(strategy.study, problem.space))
+        loop.run(read_records(study, problem.space))
     finally:
         executor.close()
-    return finish_run(run_dir, problem, strategy.study, baselines, bounds, loop.new_trials, loop.evaluations)
+    return finish_run(run_dir, problem, study, baselines, bounds, loop.new_trials, loop.evaluations, metric_name)
 
 
-def finish_run(run_dir: Path, problem: Problem, study: Any, baselines: dict, bounds: dict, new_trials: int,
-               evaluations: int) -> SearchResult:
-    """Read every trial back from the journal, find the front and write the run directory's outputs."""
+def finish_run(run_dir: Path | None, problem: Problem, study: Any, baselines: dict, bounds: dict, new_trials: int,
+               evaluations: int, metric_name: str = "accuracy") -> SearchResult:
+    """Read every trial back from the study, find the front (each trial with its policy) and, if the search is
+    stored, write the run directory's outputs."""
     from picojoule.search.report import write_outputs
 
     records = read_records(study, problem.space)
     front = pareto_front(records, problem.objectives, problem.config.needs_accuracy)
-    result = SearchResult(run_dir, problem, records, front, baselines, bounds, new_trials, evaluations, study)
-    result.outputs = write_outputs(result)
+    result = SearchResult(run_dir, problem, records, front, baselines, bounds, new_trials, evaluations, study,
+                          metric_name=metric_name)
+    for r in front:
+        r.policy = result.policy(r)
+    if run_dir is not None:
+        result.outputs = write_outputs(result)
     return result

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,13 +19,57 @@ from tqdm import tqdm
 from picojoule.data import ArrayDataset
 from picojoule.errors import PicojouleError
 from picojoule.passes import PASSES
-from picojoule.spaces.quantize import passthrough, run_batch
+from picojoule.spaces.quantize import passthrough
 
 Calibrate = Callable[[nn.Module, Sequence[torch.Tensor]], Any]
+#: ``metric(model) -> float``, higher is better (top-1, F1, -perplexity, ...), called in eval mode without gradients
+Metric = Callable[[nn.Module], float]
 #: test batch: 64 keeps a CIFAR ResNet's activations near the core's L2 cache: ResNet-20 W4A4 on 1017 images took
 #: 0.73 s at 64 vs 1.23-1.39 s at 256 on one thread, and two evaluations side by side contend less for memory
 TEST_BATCH = 64
 """``calibrate(model, batches)``: ``batches`` is a list of normalised input tensors on the model's device."""
+
+
+class InputBatches:
+    """Model inputs held in memory for calibration and BatchNorm re-estimation, from any iterable of batches: a
+    torch ``DataLoader``, a list of tensors, or of ``(x, y, ...)`` tuples (only ``x`` is used). Batches are
+    concatenated along dim 0 (at most ``limit`` samples are read) and served like :meth:`ArrayDataset.batches`
+    (labels None)."""
+
+    def __init__(self, batches: Any, limit: int = 2048, name: str = "calib_data"):
+        xs, n = [], 0
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if not isinstance(x, torch.Tensor):
+                raise PicojouleError(f"{name}: expected batches of tensors (x or (x, y)), got {type(x).__name__}")
+            xs.append(x.detach().cpu())
+            n += len(x)
+            if n >= limit:
+                break
+        if not xs:
+            raise PicojouleError(f"{name}: expected a non-empty iterable of batches")
+        try:
+            self.x = torch.cat(xs)[:limit]
+        except RuntimeError as e:
+            raise PicojouleError(f"{name}: batches of different shapes ({str(e).splitlines()[0]})") from None
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int | Sequence[int] = 0,
+                **_: Any) -> Iterator[tuple[torch.Tensor, None]]:
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            yield self.x[torch.from_numpy(order[start:start + batch_size])], None
+
+
+def as_calibration(data: Any, limit: int = 2048) -> ArrayDataset | InputBatches | None:
+    """``data`` as :func:`evaluate` takes calibration data: an ArrayDataset (or None) as it is, any other iterable
+    of batches as :class:`InputBatches`."""
+    if data is None or isinstance(data, (ArrayDataset, InputBatches)):
+        return data
+    return InputBatches(data, limit)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -79,35 +124,23 @@ def reestimate_batchnorm(
     Only the BatchNorm layers run in train mode (dropout and observers stay in eval mode); no gradients.
     The model is left in eval mode. Returns the number of images used (0 if the model has no BatchNorm).
     """
-    if not _batchnorms(model):
-        model.eval()
-        return 0
-    data = _require_data(data, "reestimate_batchnorm")
-    stream = (xb for _, (xb, _) in zip(tqdm(range(batches), desc="BN re-estimation", disable=not progress,
-                                            file=sys.stderr), data.batches(batch_size, shuffle=True, seed=seed)))
-    return reestimate_batchnorm_on(model, stream)
-
-
-def _batchnorms(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-def reestimate_batchnorm_on(model: nn.Module, inputs: Iterable[Any]) -> int:
-    """:func:`reestimate_batchnorm` on given input batches (tensors, or mappings of keyword inputs); returns
-    the number of samples used."""
-    bns = _batchnorms(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     model.eval()
     if not bns:
         return 0
+    data = _require_data(data, "reestimate_batchnorm")
     device, momenta, seen = _device(model), [bn.momentum for bn in bns], 0
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average: every batch weighs the same
         bn.train()
     try:
+        stream = data.batches(batch_size, shuffle=True, seed=seed)
         with torch.no_grad():
-            for xb in inputs:
-                seen += run_batch(model, xb, device)
+            for _, (xb, _) in zip(tqdm(range(batches), desc="BN re-estimation", disable=not progress,
+                                       file=sys.stderr), stream):
+                model(xb.to(device))
+                seen += len(xb)
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
@@ -188,62 +221,77 @@ def finetune_kd(
             "final_loss": sum(tail) / len(tail) if tail else math.nan}
 
 
+def repair(model: nn.Module, data: ArrayDataset | InputBatches | None, *, calibrate: Calibrate | None = None,
+           calib_batches: int = 8, bn_reestimate: bool = False, seed: int = 0, progress: bool = False) -> int:
+    """What a freshly compressed model needs before use, on ``data``: BatchNorm re-estimation (after pruning;
+    activation quantizers let inputs through meanwhile), then the ``calibrate(model, batches)`` callback on
+    ``calib_batches`` batches of 128 inputs. Returns the images BatchNorm saw."""
+    bn_images = 0
+    if bn_reestimate:
+        with passthrough(model) if calibrate is not None else nullcontext():
+            bn_images = reestimate_batchnorm(model, _require_data(data, "bn_reestimate: calib_data or train_data"),
+                                             seed=seed, progress=progress)
+    if calibrate is not None:
+        device = _device(model)
+        stream = _require_data(data, "calibrate: calib_data or train_data").batches(128, shuffle=True, seed=seed)
+        inputs = [xb.to(device) for _, (xb, _) in zip(range(calib_batches), stream)]
+        with torch.no_grad():
+            calibrate(model, inputs)
+    return bn_images
+
+
 def evaluate(
-    model: nn.Module, test_data: ArrayDataset, *, calib_data: ArrayDataset | None = None,
-    calibrate: Calibrate | None = None, calib_batches: int = 8, bn_reestimate: bool = False,
-    finetune_steps: int = 0, finetune_seconds: float | None = None, teacher: nn.Module | None = None,
-    train_data: ArrayDataset | None = None, augment: bool = False, seed: int = 0, batch_size: int = TEST_BATCH,
-    progress: bool = False,
+    model: nn.Module, test_data: ArrayDataset | None = None, *, metric: Metric | None = None,
+    calib_data: ArrayDataset | InputBatches | None = None, calibrate: Calibrate | None = None, calib_batches: int = 8,
+    bn_reestimate: bool = False, finetune_steps: int = 0, finetune_seconds: float | None = None,
+    teacher: nn.Module | None = None, train_data: ArrayDataset | None = None, augment: bool = False, seed: int = 0,
+    batch_size: int = TEST_BATCH, progress: bool = False,
 ) -> dict[str, Any]:
-    """Repair ``model`` in place, then measure top-1 accuracy on ``test_data``.
+    """Repair ``model`` in place, then measure it: ``metric(model)`` if given, else top-1 accuracy on ``test_data``.
 
     In order: BatchNorm re-estimation (``bn_reestimate``, on ``calib_data`` or else ``train_data``), the
     ``calibrate(model, batches)`` callback (``calib_batches`` batches of 128 inputs from the same data), a
     fine-tune on ``train_data`` distilled from ``teacher`` (``finetune_steps``/``finetune_seconds``; ``augment``:
-    CIFAR crop+flip), accuracy.
+    CIFAR crop+flip), the measurement (reported as ``accuracy`` whatever the metric is).
     Returns ``{"accuracy", "seconds", "n_test", "bn_images", "calibrated", "finetune"}``.
     """
     start = time.perf_counter()
-    device = _device(model)
-    calib_source = calib_data if calib_data is not None else train_data
-    bn_images = 0
-    if bn_reestimate:  # quantizers calibrated next: let activations through unquantized meanwhile
-        with passthrough(model) if calibrate is not None else nullcontext():
-            bn_images = reestimate_batchnorm(model, _require_data(calib_source, "bn_reestimate: calib_data or "
-                                             "train_data"), seed=seed, progress=progress)
-    if calibrate is not None:
-        source = _require_data(calib_source, "calibrate: calib_data or train_data")
-        stream = source.batches(128, shuffle=True, seed=seed)
-        inputs = [xb.to(device) for _, (xb, _) in zip(range(calib_batches), stream)]
-        with torch.no_grad():
-            calibrate(model, inputs)
+    bn_images = repair(model, calib_data if calib_data is not None else train_data, calibrate=calibrate,
+                       calib_batches=calib_batches, bn_reestimate=bn_reestimate, seed=seed, progress=progress)
     finetune = None
     if finetune_steps or finetune_seconds:
         finetune = finetune_kd(model, teacher, _require_data(train_data, "fine-tune: train_data"),
                                steps=finetune_steps or None, seconds=finetune_seconds, seed=seed,
                                augment=augment, progress=progress)
-    acc = accuracy(model, test_data, batch_size, progress)
-    return {"accuracy": acc, "seconds": time.perf_counter() - start, "n_test": len(test_data),
-            "bn_images": bn_images, "calibrated": calibrate is not None, "finetune": finetune}
+    if metric is None:
+        value = accuracy(model, test_data, batch_size, progress)
+    else:
+        with _eval_mode(model), torch.no_grad():
+            value = float(metric(model))
+    return {"accuracy": value, "seconds": time.perf_counter() - start,
+            "n_test": len(test_data) if test_data is not None else None, "bn_images": bn_images,
+            "calibrated": calibrate is not None, "finetune": finetune}
 
 
 def evaluate_policy(
-    model: nn.Module, example_input: torch.Tensor, policy: Any, test_data: ArrayDataset, *, graph: Any = None,
-    calib_data: ArrayDataset | None = None, train_data: ArrayDataset | None = None, calib_batches: int = 2,
+    model: nn.Module, example_input: torch.Tensor, policy: Any, test_data: ArrayDataset | None = None, *,
+    metric: Metric | None = None, graph: Any = None, calib_data: ArrayDataset | InputBatches | None = None,
+    train_data: ArrayDataset | None = None, calib_batches: int = 2,
     finetune_steps: int = 0, finetune_seconds: float | None = None, augment: bool = False, seed: int = 0,
     progress: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Compress ``model`` with ``policy`` and measure it: apply (prune, low rank, fake-quantize), re-estimate
     BatchNorm after pruning, calibrate activation ranges, optionally fine-tune distilled from ``model``,
-    then top-1 on ``test_data``. Returns the compressed model and ``evaluate``'s dict plus the real MACs
-    and parameters and what was applied."""
+    then ``metric(compressed)`` or else top-1 on ``test_data``. Returns the compressed model and ``evaluate``'s
+    dict plus the real MACs and parameters and what was applied."""
     from picojoule.spaces.apply import apply_policy
     from picojoule.spaces.quantize import calibrate_activations
 
     start = time.perf_counter()
     compressed, info = apply_policy(model, example_input, policy, graph=graph)
     result = evaluate(
-        compressed, test_data, calib_data=calib_data, train_data=train_data, seed=seed, progress=progress,
+        compressed, test_data, metric=metric, calib_data=calib_data, train_data=train_data, seed=seed,
+        progress=progress,
         calibrate=calibrate_activations if info.needs_calibration else None, calib_batches=calib_batches,
         bn_reestimate=bool(info.channels), finetune_steps=finetune_steps, finetune_seconds=finetune_seconds,
         augment=augment,

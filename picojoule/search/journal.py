@@ -30,6 +30,7 @@ from optuna.storages.journal._storage import JournalOperation  # the record kind
 from optuna.trial import FrozenTrial, TrialState
 
 from picojoule.errors import PicojouleError
+from picojoule.policy import Policy
 from picojoule.spaces.space import Space
 
 STUDY_NAME = "picojoule"
@@ -86,9 +87,12 @@ class RunJournal(JournalFileBackend):
                 os.fsync(f.fileno())
 
 
-def open_study(run_dir: Path, directions: list[str], sampler: optuna.samplers.BaseSampler,
+def open_study(run_dir: Path | None, directions: list[str], sampler: optuna.samplers.BaseSampler,
                resume: bool) -> optuna.Study:
-    """Create the run's study, or load it to resume."""
+    """Create the run's study, or load it to resume; ``run_dir`` None: a new study in memory."""
+    if run_dir is None:
+        return optuna.create_study(study_name=STUDY_NAME, storage=optuna.storages.InMemoryStorage(), sampler=sampler,
+                                   directions=directions)
     path = run_dir / JOURNAL
     if resume:
         _repair_tail(path)
@@ -128,6 +132,7 @@ class TrialRecord:
     retry_of: int | None = None
     interrupted: bool = False
     warm_start: str | None = None
+    policy: Policy | None = field(default=None, repr=False)  # set on a finished search's Pareto-front trials
 
     @property
     def feasible(self) -> bool:

@@ -16,19 +16,17 @@ from typing import Any
 import torch
 
 from picojoule.errors import PicojouleError
-from picojoule.search.config import EvaluationConfig
 from picojoule.search.executors import Outcome, safe_evaluate
-from picojoule.search.problem import Datasets, Evaluator, Problem
+from picojoule.search.problem import Evaluator, Problem
 from picojoule.policy import Policy
 
 
 class EvaluatorActor:
-    """Holds one :class:`Evaluator` (model and data loaded once) and evaluates policies on request."""
+    """Holds one :class:`Evaluator` (model, data and metric sent once) and evaluates policies on request."""
 
-    def __init__(self, model: torch.nn.Module, example: torch.Tensor, graph: Any, data: Datasets,
-                 evaluation: EvaluationConfig, seed: int, threads: int = 1):
+    def __init__(self, evaluator: Evaluator, threads: int = 1):
         torch.set_num_threads(threads)
-        self.evaluator = Evaluator(model, example, graph, data, evaluation, seed)
+        self.evaluator = evaluator
 
     def evaluate(self, policy: Policy) -> tuple[dict[str, Any] | None, str | None]:
         return safe_evaluate(self.evaluator, policy)
@@ -68,8 +66,7 @@ class RayExecutor:
         self._started = init_ray(workers, address, problem.source)
         ray = self.ray = _import_ray(problem.source)
         self._actor_cls = ray.remote(num_cpus=1)(EvaluatorActor)
-        self._args = (ray.put(problem.model), ray.put(problem.example), ray.put(problem.graph), ray.put(problem.data),
-                      problem.config.evaluation, problem.config.seed)
+        self._args = (ray.put(problem.evaluator()),)
         self.capacity = workers
         self._idle = [self._actor_cls.remote(*self._args) for _ in range(workers)]
         self._futures: dict[Any, tuple[Any, Any, Policy, int]] = {}  # ref -> (tag, actor, policy, deaths so far)

@@ -1,13 +1,14 @@
 """What a run leaves behind: ``trials.csv``, ``pareto/`` (each front policy as YAML, plus HAQ and AMC
-exports), ``report.md`` and the plots."""
+exports), ``result.json`` (the machine-readable result), ``report.md`` and the plots."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from picojoule.search.constraints import all_hold
 from picojoule.search.journal import TrialRecord
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 PARETO_DIR = "pareto"
 PLOTS_DIR = "plots"
+RESULT_FILE = "result.json"
 
 
 def shown_metrics(result: SearchResult) -> list[str]:
@@ -30,24 +32,35 @@ def policy_name(record: TrialRecord) -> str:
     return f"trial_{record.number:05d}"
 
 
-def write_trials_csv(result: SearchResult, path: Path) -> Path:
-    """One row per trial: state, metrics (SI units), constraint violations, knob values."""
+def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
+    """One dict per trial: state, metrics (SI units; NaN where not measured), constraint violations (None where
+    not told), knob values (None without a vector), and where the trial came from."""
     space = result.problem.space
     on_front = {r.number for r in result.front}
-    metric_cols = list(METRICS)
+    for r in result.records:
+        knobs = [k.choices[i] for k, i in zip(space.knobs, r.vec)] if r.vec is not None else [None] * space.dim
+        yield {"trial": r.number, "state": r.state, "feasible": r.feasible, "evaluated": r.evaluated,
+               "on_front": r.number in on_front, **{m: r.metrics.get(m, math.nan) for m in METRICS},
+               **{f"violation[{k}]": r.constraints.get(k) for k in result.bounds},
+               **{k.name: v for k, v in zip(space.knobs, knobs)},
+               "warm_start": r.warm_start, "retry_of": r.retry_of, "interrupted": r.interrupted, "error": r.error}
+
+
+def write_trials_csv(result: SearchResult, path: Path) -> Path:
+    """One row per trial (:func:`trial_rows`): metrics and violations to 6 digits, blank where missing."""
+    numeric = {*METRICS, *(f"violation[{k}]" for k in result.bounds)}
+
+    def cell(key: str, value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.6g}" if key in numeric else value
+
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "state", "feasible", "evaluated", "on_front", *metric_cols,
-                    *(f"violation[{k}]" for k in result.bounds), *(k.name for k in space.knobs),
-                    "warm_start", "retry_of", "interrupted", "error"])
-        for r in result.records:
-            values = [r.metrics.get(m, math.nan) for m in metric_cols]
-            knobs = [k.choices[i] for k, i in zip(space.knobs, r.vec)] if r.vec is not None else [""] * space.dim
-            w.writerow([r.number, r.state, r.feasible, r.evaluated, r.number in on_front,
-                        *("" if math.isnan(v) else f"{v:.6g}" for v in values),
-                        *(f"{r.constraints[k]:.6g}" if k in r.constraints else "" for k in result.bounds),
-                        *knobs, r.warm_start or "", "" if r.retry_of is None else r.retry_of, r.interrupted,
-                        r.error or ""])
+        for i, row in enumerate(trial_rows(result)):
+            if i == 0:
+                w.writerow(row)
+            w.writerow([cell(k, v) for k, v in row.items()])
     return path
 
 
@@ -68,6 +81,35 @@ def write_pareto(result: SearchResult, folder: Path) -> list[Path]:
         path.with_suffix(".amc.json").write_text(json.dumps(to_amc(policy, graph)))
         paths.append(path)
     return paths
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}
+
+
+def write_result_json(result: SearchResult, path: Path) -> Path:
+    """result.json: the winner of each objective (trial number, metrics, policy document, policy file; the first
+    is the run's chosen policy), the front's trial numbers, the baselines, the bounds and what was searched."""
+    from picojoule.search.config import SOURCE_FIELDS
+
+    cfg, problem = result.config, result.problem
+    winners = [{"objective": label, "trial": r.number, "metrics": _finite(r.metrics),
+                "policy": result.policy(r).to_dict(), "policy_file": f"{PARETO_DIR}/{policy_name(r)}.yaml"}
+               for label, r in result.winners.items()]
+    dumped = cfg.dump()
+    doc = {
+        "config": {**{k: dumped.get(k) for k in SOURCE_FIELDS if k != "data"}, "cost_model": cfg.cost_model,
+                   "strategy": cfg.strategy, "seed": cfg.seed, "objectives": cfg.objectives,
+                   "constraints": cfg.constraints, "graph": problem.graph.name, "target_name": problem.target.name},
+        "trials": sum(r.counted for r in result.records),
+        "feasible": sum(r.feasible for r in result.records if r.counted),
+        "winners": winners,
+        "front": [r.number for r in result.front],
+        "baselines": {name: _finite(m) for name, m in result.baselines.items()},
+        "bounds": result.bounds,
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
 
 
 def _row(lead: list[str], metrics: dict[str, float], shown: list[str], extra: list[str]) -> str:
@@ -154,5 +196,6 @@ def write_outputs(result: SearchResult) -> dict[str, Path]:
     out |= {f"pareto/{p.stem}": p for p in pareto}
     plots = write_plots(result, run / PLOTS_DIR)
     out |= plots
+    out["result"] = write_result_json(result, run / RESULT_FILE)
     out["report"] = write_report(result, run / "report.md", plots)
     return out

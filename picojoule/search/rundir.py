@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from picojoule.errors import PicojouleError
-from picojoule.search.config import RESUMABLE_FIELDS, SearchConfig, config_from_dict
+from picojoule.search.config import RESUMABLE_FIELDS, SearchSettings, config_from_dict
 from picojoule.search.journal import JOURNAL
 
 CONFIG_FILE = "config.yaml"
@@ -25,14 +25,17 @@ def saved_config_path(run_dir: Path) -> Path:
     return run_dir / CONFIG_FILE
 
 
-def check_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
-    """A new run needs a directory without a journal; a resumed one the same config (but the resumable fields)."""
+def check_run_dir(run_dir: Path, config: SearchSettings, resume: bool) -> None:
+    """A new run needs a directory without a journal; a resumed one the same config (but the resumable fields).
+    A SearchSettings (the Python API's run, whose model is an object) is compared on the settings alone."""
     if not resume:
         if (run_dir / JOURNAL).exists():
             raise PicojouleError(f"{run_dir}: a search already ran here; resume it or choose another directory")
         return
     path = saved_config_path(run_dir)
-    saved = config_from_dict(yaml.safe_load(path.read_text()), str(path)).dump()
+    fields = type(config).model_fields
+    raw = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k in fields}
+    saved = config_from_dict(raw, str(path), type(config)).dump()
     new = config.dump()
     changed = [k for k in new if k not in RESUMABLE_FIELDS and new[k] != saved.get(k)]
     if changed:
@@ -41,7 +44,7 @@ def check_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
                              f"only {', '.join(RESUMABLE_FIELDS)} may change on resume")
 
 
-def write_config(run_dir: Path, config: SearchConfig) -> Path:
+def write_config(run_dir: Path, config: SearchSettings) -> Path:
     path = run_dir / CONFIG_FILE
     path.write_text(yaml.safe_dump(config.dump(), sort_keys=False, allow_unicode=True))
     return path

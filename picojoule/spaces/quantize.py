@@ -328,17 +328,6 @@ def passthrough(model: nn.Module) -> Iterator[None]:
             q.passthrough = False
 
 
-def run_batch(model: nn.Module, batch: Any, device: torch.device) -> int:
-    """``model`` on one input batch (a tensor, or a mapping of keyword inputs); returns its batch size."""
-    if isinstance(batch, Mapping):
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        model(**inputs)
-        return len(next(iter(inputs.values())))
-    model(batch.to(device))
-    return len(batch)
-
-
-@torch.no_grad()
 def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], max_batches: int | None = None) -> int:
     """Run ``batches`` (tensors, or tuples whose first item is the input) in eval mode with observers on,
     then freeze every input-activation range. Returns the number of batches used."""
@@ -357,7 +346,8 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], max
         for batch in batches:
             if max_batches is not None and used >= max_batches:
                 break
-            run_batch(model, batch[0] if isinstance(batch, (tuple, list)) else batch, device)
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
             used += 1
     except BaseException:
         used = 0  # a failed run leaves the earlier ranges as they were

@@ -1,41 +1,57 @@
-"""Search strategies behind one interface (:class:`~picojoule.search.strategies.base.Strategy`)."""
+"""Search strategies behind one interface (:class:`~picojoule.search.strategies.base.Strategy`).
+
+:data:`STRATEGIES` is the one registry of strategy names (the config and the CLI read it); the classes are
+imported on first use, so that reading the names costs no torch or Optuna import.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
-from picojoule.search.journal import open_study
-from picojoule.search.strategies.base import Handle, Strategy
-from picojoule.search.strategies.ddpg import DDPGOptions, DDPGStrategy
-from picojoule.search.strategies.optuna_samplers import OptunaStrategy
-from picojoule.search.strategies.optuna_samplers import make_sampler as optuna_sampler
-from picojoule.spaces.space import Space
+    from picojoule.search.strategies.base import Strategy, StrategyContext
 
-#: strategy name -> class; the Optuna ones share a class and differ by sampler
-STRATEGIES: dict[str, type[Strategy]] = {"nsga2": OptunaStrategy, "tpe": OptunaStrategy, "gp": OptunaStrategy,
-                                          "random": OptunaStrategy, "ddpg": DDPGStrategy}
+#: strategy name -> "module:class" in this package; the Optuna ones share a class and differ by sampler
+STRATEGIES: dict[str, str] = {"nsga2": "optuna_samplers:OptunaStrategy", "tpe": "optuna_samplers:OptunaStrategy",
+                              "gp": "optuna_samplers:OptunaStrategy", "random": "optuna_samplers:OptunaStrategy",
+                              "ddpg": "ddpg:DDPGStrategy"}
+_EXPORTS = {"Handle": "base", "Strategy": "base", "StrategyContext": "base", "OptunaStrategy": "optuna_samplers",
+            "DDPGStrategy": "ddpg", "DDPGOptions": "ddpg"}
 
-__all__ = ["STRATEGIES", "DDPGStrategy", "Handle", "OptunaStrategy", "Strategy", "make_sampler", "make_strategy"]
+__all__ = ["STRATEGIES", "DDPGOptions", "DDPGStrategy", "Handle", "OptunaStrategy", "Strategy", "StrategyContext",
+           "make_sampler", "make_strategy", "strategy_class"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as strategy ``name``."""
+    module, cls = STRATEGIES[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def make_sampler(name: str, seed: int, options: dict[str, Any], where: str) -> optuna.samplers.BaseSampler:
     """The study's sampler; bad ``options`` give a one-line error naming ``where``. DDPG proposes its own
     vectors (its study's sampler is never consulted), so for it this only checks the options."""
+    import optuna
+
+    from picojoule.search.strategies.optuna_samplers import make_sampler as optuna_sampler
+
     if name == "ddpg":
+        from picojoule.search.strategies.ddpg import DDPGOptions
+
         DDPGOptions.parse(options, where)
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna_sampler(name, seed, options, where)
 
 
-def make_strategy(name: str, space: Space, run_dir: Path, directions: list[str], seed: int,
-                  options: dict[str, Any], resume: bool = False, where: str = "strategy_options") -> Strategy:
-    """Strategy ``name`` on the run's journal (created, or loaded to resume)."""
-    study = open_study(run_dir, directions, make_sampler(name, seed, options, where), resume)
-    if name == "ddpg":  # the agent also needs the run's cost model and bounds; it replays the journal itself
-        return DDPGStrategy.for_run(space, study, run_dir, seed, options, where)
-    if resume:  # a fresh stream: the seed's own stream would propose the first session's vectors again
-        study.sampler = make_sampler(name, seed + len(study.trials), options, where)
-    return STRATEGIES[name](space, study)
+def make_strategy(context: StrategyContext) -> Strategy:
+    """Strategy ``context.name`` on ``context.study`` (new, or loaded to resume)."""
+    return strategy_class(context.name)(context)

@@ -3,6 +3,7 @@
 A strategy proposes choice-index vectors over a :class:`~picojoule.spaces.space.Space` and learns from
 what they scored::
 
+    strategy = make_strategy(context)              # a StrategyContext: space, study, pricing, bounds, seed, ...
     handle, vec = strategy.ask()                   # vec: (D,) int, one choice index per knob
     strategy.tell(handle, objectives, constraints)  # objectives in config order; constraints <= 0 hold
     strategy.tell(handle, [], {}, failed=True)      # the evaluation broke
@@ -17,14 +18,17 @@ adjusting actions) subclasses :class:`Strategy`: ``ask`` runs an episode to a ve
 (``self.study.enqueue_trial(params)``), opens it with ``self.record()`` and returns that trial as the
 handle (queued retries and warm starts come first: read the vector back from the trial); ``tell`` turns
 the objectives into the agent's reward, updates the agent, then calls ``self.finish(...)``.
-Register it in ``picojoule.search.strategies.STRATEGIES``.
+Everything a strategy needs comes in its constructor's :class:`StrategyContext` (the engine builds it; nothing is
+read from files, so every strategy runs on an in-memory study too). Register it in
+``picojoule.search.strategies.STRATEGIES``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -33,17 +37,52 @@ from optuna.trial import TrialState
 from picojoule.search.journal import knob_distributions
 from picojoule.spaces.space import Space
 
+if TYPE_CHECKING:
+    from picojoule.hwmodels.common import CostResult
+    from picojoule.search.config import Objective
+    from picojoule.search.constraints import ConstraintProgram
+
 Handle = optuna.trial.Trial
+#: N policies -> (each metric as an (N,) array, the per-layer CostResult), as the engine prices them
+Pricing = Callable[[Any], "tuple[dict[str, np.ndarray], CostResult]"]
+
+
+@dataclass
+class StrategyContext:
+    """What the engine hands a strategy: the problem's space and pricing, the constraints with their bounds, the
+    baselines' metrics, and the run's study, seed, options and whether it resumes."""
+
+    name: str  # the registered strategy name
+    space: Space
+    study: optuna.Study
+    price: Pricing
+    program: ConstraintProgram
+    objectives: list[Objective]
+    baselines: dict[str, dict[str, float]]  # metrics of fp32 and every baseline a constraint names
+    bounds: dict[str, float]  # each constraint's bound (text -> value)
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    where: str = "strategy_options"  # names the options in error messages
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def cost(self, vecs: np.ndarray) -> dict[str, np.ndarray]:
+        """The metrics of (N, D) choice-index vectors."""
+        return self.price(self.space.decode_batch(vecs))[0]
 
 
 class Strategy(ABC):
-    """Proposes vectors over ``space`` and records every trial in ``study``."""
+    """Proposes vectors over ``context.space`` and records every trial in ``context.study``."""
 
     name: str = ""
 
-    def __init__(self, space: Space, study: optuna.Study):
-        self.space, self.study = space, study
-        self.distributions = knob_distributions(space)
+    def __init__(self, context: StrategyContext):
+        self.context = context
+        self.space, self.study = context.space, context.study
+        self.distributions = knob_distributions(self.space)
 
     @abstractmethod
     def ask(self) -> tuple[Handle, np.ndarray]:

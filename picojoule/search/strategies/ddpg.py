@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,18 +47,12 @@ from torch import nn
 
 from picojoule.errors import PicojouleError
 from picojoule.hwmodels.common import CostResult
-from picojoule.hwmodels.costs import price
 from picojoule.policy import PolicyBatch
-from picojoule.search.baselines import baseline_policy
-from picojoule.search.config import load_config
 from picojoule.search.journal import knob_params
-from picojoule.search.metrics import cost_metrics
-from picojoule.search.problem import Problem
 from picojoule.search.projection import Projector, knob_capacity
-from picojoule.search.rundir import CONFIG_FILE
-from picojoule.search.strategies.base import Handle, Strategy
+from picojoule.search.strategies.base import Handle, Strategy, StrategyContext
 from picojoule.policy import Policy
-from picojoule.spaces.space import KNOB_KINDS, Space
+from picojoule.spaces.space import KNOB_KINDS
 
 LAYER_KINDS = ("conv", "depthwise", "linear", "matmul")
 #: the trial attribute holding the actor's actions (steps x knob kinds), so that a resumed run can replay them
@@ -122,13 +115,15 @@ def truncated_normal(rng: np.random.Generator, mean: np.ndarray, std: float) -> 
 
 
 class DDPGStrategy(Strategy):
-    """HAQ/AMC-style DDPG over the layers of ``problem`` (its space, cost model and hardware bounds)."""
+    """HAQ/AMC-style DDPG over the layers of the context's space, priced by its cost model, within its hardware
+    bounds."""
 
-    def __init__(self, space: Space, study: optuna.Study, problem: Problem, seed: int = 0,
-                 options: Mapping[str, Any] | None = None, where: str = "strategy_options"):
-        super().__init__(space, study)
-        self.problem, self.opts = problem, DDPGOptions.parse(options or {}, where)
-        n_obj = len(problem.objectives)
+    def __init__(self, context: StrategyContext):
+        super().__init__(context)
+        seed, study, where = context.seed, context.study, context.where
+        self.opts = DDPGOptions.parse(context.options or {}, where)
+        self.objectives = context.objectives
+        n_obj = len(self.objectives)
         self.weights = np.asarray(self.opts.weights or [1.0] + [0.1] * (n_obj - 1))
         if len(self.weights) != n_obj:
             raise PicojouleError(f"{where}: ddpg option 'weights': expected {n_obj} (one per objective), "
@@ -157,15 +152,6 @@ class DDPGStrategy(Strategy):
             if t.state == TrialState.COMPLETE:
                 self._learn(t, self.reward(t.values, t.constraints))
 
-    @classmethod
-    def for_run(cls, space: Space, study: optuna.Study, run_dir: Path, seed: int, options: Mapping[str, Any],
-                where: str) -> DDPGStrategy:
-        """The agent of the run in ``run_dir``: objectives, constraints and cost model from its saved config."""
-        cfg = load_config(run_dir / CONFIG_FILE)
-        problem = Problem(cfg, str(run_dir / CONFIG_FILE), space.graph, space.target, space, cfg.program,
-                          cfg.objective_list)
-        return cls(space, study, problem, seed, options, where)
-
     # -- the episode's structure ------------------------------------------------------------------
 
     def _build_steps(self) -> None:
@@ -191,15 +177,12 @@ class DDPGStrategy(Strategy):
 
     def _build_budget(self) -> None:
         """Hardware bounds, and the metric (and its scale) that the budget features are counted in."""
-        program = self.problem.program
+        program = self.context.program
         self.hardware = program.hardware
-        names = list(dict.fromkeys(["fp32", *program.baselines]))
-        totals, _ = self._price([baseline_policy(n, self.space.graph) for n in names])
-        self.baselines = {n: {m: float(v[i]) for m, v in totals.items()} for i, n in enumerate(names)}
-        self.bounds = {c.text: c.bound(self.baselines) for c in self.hardware}
-        self.projector = Projector(self.space, program, self.bounds,
-                                   lambda vecs: self._price(self.space.decode_batch(vecs))[0])
-        costs = [o.metric for o in self.problem.objectives if not o.maximise]
+        self.baselines = self.context.baselines
+        self.bounds = {c.text: self.context.bounds[c.text] for c in self.hardware}
+        self.projector = Projector(self.space, program, self.bounds, self.context.cost)
+        costs = [o.metric for o in self.objectives if not o.maximise]
         if self.hardware:
             self.budget_metric, self.budget_scale = self.hardware[0].metric, self.bounds[self.hardware[0].text]
         else:
@@ -208,9 +191,7 @@ class DDPGStrategy(Strategy):
 
     def _price(self, policies: PolicyBatch | list[Policy]) -> tuple[dict[str, np.ndarray], CostResult]:
         """(total metrics, per-layer CostResult) of N policies, as the engine prices them."""
-        cfg = self.problem.config
-        result = price(self.space.graph, self.space.target, policies, model=cfg.cost_model, batch=cfg.batch)
-        return cost_metrics(result, cfg.carbon.pue, cfg.carbon.grid_g_per_kwh), result
+        return self.context.price(policies)
 
     # -- states and actions ------------------------------------------------------------------------
 
@@ -290,7 +271,7 @@ class DDPGStrategy(Strategy):
     def reward(self, objectives: Sequence[float], constraints: Mapping[str, float]) -> float:
         """The scalarised, penalised reward of a told trial."""
         terms = [v if o.maximise else -v / self.baselines["fp32"][o.metric]
-                 for o, v in zip(self.problem.objectives, objectives)]
+                 for o, v in zip(self.objectives, objectives)]
         excess = sum(max(float(v), 0.0) for v in constraints.values())
         return float(self.weights @ terms - self.opts.penalty * min(excess, 1.0))
 

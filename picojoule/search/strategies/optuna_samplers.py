@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 
 from picojoule.errors import PicojouleError
-from picojoule.search.strategies.base import Handle, Strategy
+from picojoule.search.strategies.base import Handle, Strategy, StrategyContext
 
 #: NSGA-II's population when the config gives none (Optuna's 50 suits budgets of thousands, not hundreds)
 DEFAULT_POPULATION = 20
@@ -39,6 +39,13 @@ def make_sampler(name: str, seed: int, options: Mapping[str, Any], where: str) -
 
 class OptunaStrategy(Strategy):
     """ask/tell on a study whose sampler proposes the vectors."""
+
+    def __init__(self, context: StrategyContext):
+        super().__init__(context)
+        c = context
+        # resumed: a fresh stream (the seed's own stream would propose the first session's vectors again)
+        seed = c.seed + len(c.study.trials) if c.resume else c.seed
+        self.study.sampler = make_sampler(c.name, seed, c.options, c.where)
 
     def ask(self) -> tuple[Handle, np.ndarray]:
         return self.record()

@@ -1,0 +1,129 @@
+"""The Python API of the search: objects in, a :class:`~picojoule.search.engine.SearchResult` out, storage optional.
+
+::
+
+    import picojoule as pj
+    result = pj.search(model, example, "eyeriss", evaluate=my_metric, calib_data=loader,
+                       constraints=["energy <= 0.5 * uniform_int8"], trials=200)
+    result.best("accuracy").policy
+
+It builds the same :class:`~picojoule.search.problem.Problem` that a config file names and runs the same core
+(:func:`~picojoule.search.engine.run_problem`) as ``picojoule search``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from picojoule.errors import PicojouleError
+from picojoule.search.config import SearchSettings, config_from_dict
+from picojoule.search.engine import Callback, SearchResult, check_run, run_problem
+
+SOURCE = "picojoule.search"
+#: images (or samples) of calib_data read into memory: BatchNorm re-estimation uses 16 batches of 128
+CALIB_LIMIT = 2048
+
+
+def search(
+    model: Any, example: Any = None, target: Any = "eyeriss", *,
+    evaluate: Callable[[Any], float] | None = None,
+    calib_data: Iterable[Any] | None = None,
+    train_data: Any = None,
+    objectives: Sequence[str] | None = None,
+    constraints: Sequence[str] = (),
+    trials: int = 100,
+    storage: str | Path | None = None,
+    resume: bool = False,
+    cost_model: str = "roofline",
+    strategy: str = "nsga2",
+    strategy_options: dict[str, Any] | None = None,
+    space: dict[str, Any] | None = None,
+    warm_start: Sequence[str] = (),
+    seed: int = 0,
+    workers: int = 0,
+    ray_address: str | None = None,
+    evaluation: dict[str, Any] | None = None,
+    batch: int = 1,
+    carbon: dict[str, float] | None = None,
+    metric_name: str = "accuracy",
+    name: str | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> SearchResult:
+    """Search per-layer bits, pruning and rank of ``model`` on ``target``; returns the result.
+
+    ``model``: a torch ``nn.Module`` with ``example`` (an input of batch 1), or a LayerGraph or a zoo name /
+    .onnx path (cost only). ``target``: a target name, a target .yaml path or a
+    :class:`~picojoule.hwmodels.target.Target`.
+
+    ``evaluate(compressed_model) -> float`` (higher is better: top-1, F1, -perplexity, ...) measures each
+    feasible policy after it is applied, BatchNorm re-estimated (if it prunes) and activations calibrated on
+    ``calib_data`` (a DataLoader or any iterable of batches ``x`` or ``(x, y)``, or an ArrayDataset); it is
+    called in eval mode without gradients. Its value is reported as ``accuracy``: objectives and constraints
+    name it so (``maximise accuracy``, ``accuracy_drop <= 1``, the drop being 100 x (the fp32 model's value -
+    the policy's), i.e. percentage points for a metric in [0, 1]); ``metric_name`` names it in the summary.
+    ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}``.
+
+    ``objectives`` default to maximise accuracy and minimise energy with ``evaluate``, minimise energy without.
+    ``storage`` None runs in memory (an Optuna in-memory study: no files, no lock); a path is a run directory
+    as ``picojoule search --out`` writes it (journal, trials.csv, pareto/, result.json, report.md, plots),
+    resumable with the same arguments and ``resume=True`` (only trials, workers and ray_address may change).
+    The remaining arguments are the config fields of the same names (see :mod:`picojoule.search.config`).
+    """
+    settings = _settings(
+        objectives=list(objectives) if objectives is not None
+        else ["maximise accuracy", "minimise energy"] if evaluate is not None else ["minimise energy"],
+        constraints=list(constraints), trials=trials, cost_model=cost_model, strategy=strategy,
+        strategy_options=strategy_options or {}, space=space, warm_start=list(warm_start), seed=seed,
+        workers=workers, ray_address=ray_address, evaluation=evaluation or {}, batch=batch, carbon=carbon or {})
+    run_dir = Path(storage) if storage is not None else None
+    check_run(settings, SOURCE, run_dir, resume)
+    problem = _problem(settings, model, example, target, evaluate, calib_data, train_data, name)
+    return run_problem(problem, run_dir, resume, progress, callbacks, metric_name)
+
+
+def _settings(**fields: Any) -> SearchSettings:
+    return config_from_dict({k: v for k, v in fields.items() if v is not None}, SOURCE, SearchSettings)
+
+
+def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, evaluate: Any, calib_data: Any,
+             train_data: Any, name: str | None) -> Any:
+    """The Problem of the given objects (imports torch)."""
+    from torch import nn
+
+    from picojoule.graph import LayerGraph, build_graph
+    from picojoule.hwmodels.target import Target, load_target
+    from picojoule.search.evaluate import as_calibration
+    from picojoule.search.problem import Datasets, make_problem
+
+    module = model if isinstance(model, nn.Module) else None
+    if module is not None:
+        if example is None:
+            raise PicojouleError(f"{SOURCE}: example: an input of batch 1 is needed to trace the model")
+        graph = build_graph(module, example, name=name or type(module).__name__)
+    elif isinstance(model, LayerGraph):
+        graph = model
+    elif isinstance(model, (str, Path)):
+        graph = build_graph(str(model))
+    else:
+        raise PicojouleError(f"{SOURCE}: model: expected a torch nn.Module (with example), a LayerGraph, a zoo "
+                             f"name or an .onnx path, got {type(model).__name__}")
+    if not isinstance(target, Target):
+        target = load_target(str(target))
+    data = None
+    if settings.needs_accuracy:
+        if evaluate is None or not callable(evaluate):
+            raise PicojouleError(f"{SOURCE}: evaluate: the objectives or constraints name accuracy: give "
+                                 "evaluate=callable(model) -> float (higher is better)")
+        if module is None:
+            raise PicojouleError(f"{SOURCE}: model: measuring accuracy needs the torch nn.Module itself")
+        if calib_data is None:
+            raise PicojouleError(f"{SOURCE}: calib_data: needed to calibrate activations and re-estimate BatchNorm "
+                                 "(a DataLoader, an iterable of batches x or (x, y), or an ArrayDataset)")
+        if settings.evaluation.finetune_steps and train_data is None:
+            raise PicojouleError(f"{SOURCE}: train_data: required for evaluation finetune_steps > 0")
+        limit = max(CALIB_LIMIT, settings.evaluation.calibration_images)
+        data = Datasets(None, as_calibration(calib_data, limit), train_data)
+    return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None)

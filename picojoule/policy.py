@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from picojoule.errors import PicojouleError
+from picojoule.yamlfile import read_text
 
 FLOAT_BITS = 32
 #: the policy document format this code writes and the newest it reads
@@ -126,10 +127,7 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise PicojouleError(f"{path}: cannot read policy: {e.strerror}") from None
+        text = read_text(path, "policy")
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError) as e:

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from picojoule.errors import PicojouleError
+from picojoule.yamlfile import read_text, read_yaml
 
 __all__ = ["add_parsers", "chosen_policy", "run_calibrate", "run_compile"]
 
@@ -30,7 +29,7 @@ def chosen_policy(run_dir: Path) -> Path:
     only policy of its pareto/)."""
     report = run_dir / "report.md"
     if report.is_file():
-        text = report.read_text()
+        text = read_text(report, "search report")
         winners = text.split("## Winners", 1)[-1].split("\n## ", 1)[0]
         if (m := _WINNER.search(winners)) and (run_dir / m.group(1)).is_file():
             return run_dir / m.group(1)
@@ -49,7 +48,7 @@ def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any,
     if source.is_dir():
         path = chosen_policy(source)
         if (source / "config.yaml").is_file():
-            config = yaml.safe_load((source / "config.yaml").read_text()) or {}
+            config = read_yaml(source / "config.yaml", "search config") or {}
     elif source.exists():
         path = source
     else:

@@ -13,13 +13,20 @@ import yaml
 from picojoule.errors import PicojouleError
 from picojoule.search.config import RESUMABLE_FIELDS, SearchConfig, config_from_dict
 from picojoule.search.journal import JOURNAL
+from picojoule.yamlfile import read_yaml
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = "run.lock"
 
 
+def _require_dir(run_dir: Path, field: str) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PicojouleError(f"{run_dir}: field '{field}': expected a directory, found a file")
+
+
 def saved_config_path(run_dir: Path) -> Path:
     """The config of the run in ``run_dir``; an error if there is no run to resume."""
+    _require_dir(run_dir, "resume")
     if not (run_dir / JOURNAL).is_file() or not (run_dir / CONFIG_FILE).is_file():
         raise PicojouleError(f"{run_dir}: nothing to resume (no {JOURNAL} and {CONFIG_FILE})")
     return run_dir / CONFIG_FILE
@@ -27,12 +34,13 @@ def saved_config_path(run_dir: Path) -> Path:
 
 def check_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
     """A new run needs a directory without a journal; a resumed one the same config (but the resumable fields)."""
+    _require_dir(run_dir, "resume" if resume else "out")
     if not resume:
         if (run_dir / JOURNAL).exists():
             raise PicojouleError(f"{run_dir}: a search already ran here; resume it or choose another directory")
         return
     path = saved_config_path(run_dir)
-    saved = config_from_dict(yaml.safe_load(path.read_text()), str(path)).dump()
+    saved = config_from_dict(read_yaml(path, "search config"), str(path)).dump()
     new = config.dump()
     changed = [k for k in new if k not in RESUMABLE_FIELDS and new[k] != saved.get(k)]
     if changed:
@@ -60,7 +68,10 @@ def _alive(pid: int) -> bool:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/run.lock`` (holding this process's id) while the block runs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, or no permission
+        raise PicojouleError(f"{run_dir}: field 'out': cannot create the run directory ({e.strerror})") from None
     path, mine = run_dir / LOCK_FILE, run_dir / f"{LOCK_FILE}.{os.getpid()}"
     mine.write_text(str(os.getpid()))
     try:

@@ -257,6 +257,7 @@ class _Loop:
 # ------------------------------------------------------------------------------------------------- entry
 
 
+@quiet_optuna()
 def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | Path, resume: bool = False,
                progress: bool = True, callbacks: Sequence[Callback] = (), **overrides: Any) -> SearchResult:
     """Run (or resume) the search ``config`` states, writing everything to ``out_dir``.
@@ -267,7 +268,6 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
     config. ``callbacks`` are called with each finished trial (native backend only). ``backend: ray-tune`` hands
     the trials to Ray Tune (:mod:`picojoule.search.tune_backend`).
     """
-    quiet_optuna()
     run_dir = Path(out_dir)
     if config is None:
         if not resume:

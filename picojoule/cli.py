@@ -91,7 +91,7 @@ def _apply(args: argparse.Namespace) -> int:
     from picojoule.graph import build_graph
     from picojoule.hwmodels.costs import price
     from picojoule.models import load_torch_model, save_compressed
-    from picojoule.search.evaluate import accuracy, evaluate_policy
+    from picojoule.search.evaluate import accuracy, check_data, evaluate_policy
     from picojoule.spaces.formats import validate_policy
     from picojoule.policy import Policy
 
@@ -100,6 +100,7 @@ def _apply(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     validate_policy(policy, graph, args.policy)
     test, calib = _datasets(args)
+    check_data(model, example, test, calib)
     baseline = accuracy(model, test)
     compressed, res = evaluate_policy(
         model, example, policy, test, graph=graph, calib_data=calib, train_data=calib,
@@ -156,10 +157,12 @@ def _policy(args: argparse.Namespace) -> int:
 
     graph = build_graph(args.model)
     if args.from_format:
+        from picojoule.yamlfile import read_text
+
         path = Path(args.file)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads(read_text(path, f"JSON {args.from_format} export"))
+        except json.JSONDecodeError as e:
             raise PicojouleError(f"{path}: expected a JSON {args.from_format} export ({e})") from None
         read = {"haq": formats.from_haq, "amc": formats.from_amc, "torch-pruning": formats.from_torch_pruning}
         policy = read[args.from_format](data, graph, str(path))

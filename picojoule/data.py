@@ -45,6 +45,11 @@ def _channel_layout(shape: tuple[int, ...], layout: str) -> str:
     raise PicojouleError(f"images of shape {shape}: cannot tell the channel axis; pass layout='NCHW' or 'NHWC'")
 
 
+def _channels_error(at: str, channels: int, why: str, shape: tuple[int, ...]) -> PicojouleError:
+    return PicojouleError(f"{at}: expected images of shape (N, H, W, {channels}) or (N, {channels}, H, W) "
+                          f"({why}), got {shape}")
+
+
 def _per_channel(values: float | Sequence[float] | None, default: float, channels: int, what: str) -> np.ndarray:
     """A float32 (C,1,1) array from a scalar or one value per channel; ``what`` ends with "mean" or "std"."""
     arr = np.full(channels, default, np.float32) if values is None else np.asarray(values, np.float32).reshape(-1)
@@ -63,7 +68,8 @@ class ArrayDataset:
 
     ``x`` is uint8 (scaled to [0,1] on the way out) or float, shaped NHWC, NCHW or NHW (one channel); it is
     stored as NCHW. ``mean``/``std`` are per-channel (or scalar), applied after scaling; ``None`` leaves the
-    values as they are.
+    values as they are. ``fields`` say where the images and the labels came from, in error messages (a loader
+    sets e.g. ``("data.npz: field 'x_test'", "data.npz: field 'y_test'")``).
     """
 
     x: np.ndarray = field(repr=False)
@@ -73,24 +79,28 @@ class ArrayDataset:
     name: str = "data"
     classes: tuple[str, ...] | None = None
     layout: str = field(default="auto", repr=False)
+    fields: tuple[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         x, y = np.asarray(self.x), np.asarray(self.y)
+        self._given_shape = x.shape
+        self.fields = self.fields or (f"{self.name}: images", f"{self.name}: labels")
+        at_x, at_y = self.fields
         if x.ndim == 3:
             x = x[:, None]
         elif x.ndim == 4:
             if _channel_layout(x.shape, self.layout) == "NHWC":
                 x = x.transpose(0, 3, 1, 2)
         else:
-            raise PicojouleError(f"{self.name}: images: expected a 3-D or 4-D array, got shape {x.shape}")
+            raise PicojouleError(f"{at_x}: expected a 3-D or 4-D array, got shape {x.shape}")
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-            raise PicojouleError(f"{self.name}: images: expected uint8 or float pixels, got dtype {x.dtype}")
+            raise PicojouleError(f"{at_x}: expected uint8 or float pixels, got dtype {x.dtype}")
         if y.ndim != 1 or len(y) != len(x):
-            raise PicojouleError(f"{self.name}: labels: expected shape ({len(x)},), got {y.shape}")
+            raise PicojouleError(f"{at_y}: expected shape ({len(x)},) to match the images, got {y.shape}")
         if not np.issubdtype(y.dtype, np.integer):
-            raise PicojouleError(f"{self.name}: labels: expected integer class ids, got dtype {y.dtype}")
+            raise PicojouleError(f"{at_y}: expected integer class ids, got dtype {y.dtype}")
         if len(y) and y.min() < 0:
-            raise PicojouleError(f"{self.name}: labels: expected class ids >= 0, got {int(y.min())}")
+            raise PicojouleError(f"{at_y}: expected class ids >= 0, got {int(y.min())}")
         self.x, self.y, self.layout = np.ascontiguousarray(x), y.astype(np.int64), "NCHW"
         channels = x.shape[1]
         self._mean = _per_channel(self.mean, 0.0, channels, f"{self.name}: mean")
@@ -98,6 +108,16 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def check_fits(self, channels: int | None = None, classes: int | None = None) -> None:
+        """A one-line error unless the images have ``channels`` channels and every label is in 0..classes-1
+        (a model's input channels and number of outputs; None is not checked)."""
+        at_x, at_y = self.fields  # type: ignore[misc]
+        if channels is not None and self.x.shape[1] != channels:
+            raise _channels_error(at_x, channels, f"the model takes {channels} channels", self._given_shape)
+        if classes is not None and len(self.y) and int(self.y.max()) >= classes:
+            raise PicojouleError(f"{at_y}: expected class ids 0..{classes - 1} (the model has {classes} outputs), "
+                                 f"got {int(self.y.max())}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -115,7 +135,8 @@ class ArrayDataset:
             idx: Any = slice(0, max(int(n_or_indices), 0))
         else:
             idx = np.asarray(n_or_indices, dtype=np.int64)
-        return ArrayDataset(self.x[idx], self.y[idx], self.mean, self.std, self.name, self.classes, "NCHW")
+        return ArrayDataset(self.x[idx], self.y[idx], self.mean, self.std, self.name, self.classes, "NCHW",
+                            self.fields)
 
     def normalise(self, raw: np.ndarray) -> torch.Tensor:
         """Raw NCHW pixels (this dataset's dtype) -> normalised float32 tensor."""
@@ -184,11 +205,16 @@ def load_npz(
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise PicojouleError(f"{path}: not a readable .npz of plain arrays ({exc})") from None
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    at_x, at_y = f"{path}: field 'x_{split}'", f"{path}: field 'y_{split}'"
     if x.ndim not in (3, 4):
-        raise PicojouleError(f"{path}: x_{split}: expected images (N,H,W,C), (N,C,H,W) or (N,H,W), got {x.shape}")
+        raise PicojouleError(f"{at_x}: expected images (N,H,W,C), (N,C,H,W) or (N,H,W), got {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
-        raise PicojouleError(f"{path}: y_{split}: expected shape ({len(x)},) to match x_{split}, got {y.shape}")
-    return ArrayDataset(x, y, mean, std, name=f"{path.name}:{split}", layout=layout)
+        raise PicojouleError(f"{at_y}: expected shape ({len(x)},) to match x_{split}, got {y.shape}")
+    channels = 1 if x.ndim == 3 else x.shape[1 if _channel_layout(x.shape, layout) == "NCHW" else 3]
+    for values in (mean, std):  # per-channel normalisation (CIFAR's by default) says how many channels to expect
+        if values is not None and np.size(values) not in (1, channels):
+            raise _channels_error(at_x, np.size(values), f"{np.size(values)} channels, one per mean/std value", x.shape)
+    return ArrayDataset(x, y, mean, std, name=f"{path.name}:{split}", layout=layout, fields=(at_x, at_y))
 
 
 def _list_images(folder: Path) -> list[Path]:

@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from picojoule.hwmodels.target import Target
 
-from picojoule.hwmodels.target import Target  # noqa: E402
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A figure drawn by Agg outside pyplot: no backend switch, no global figure list (nothing to close)."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _roofline_axes(ax, target: Target, report: dict[str, Any]) -> None:
@@ -64,11 +69,11 @@ def breakdown_axes(ax, report: dict[str, Any]) -> None:
 
 def plot_cost(report: dict[str, Any], target: Target, out: str | Path) -> Path:
     """Roofline with the layers on it, above the per-layer energy breakdown; written to ``out`` (PNG)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 10), gridspec_kw={"height_ratios": [1, 1]})
+    fig = new_figure(figsize=(12, 10))
+    top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1, 1]})
     _roofline_axes(top, target, report)
     breakdown_axes(bottom, report)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=130)
-    plt.close(fig)
     return out

@@ -29,6 +29,7 @@ import yaml
 from picojoule.errors import PicojouleError
 from picojoule.passes import FIELD_BY_NAME, FIELDS
 from picojoule.passes.quantize import FLOAT_BITS
+from picojoule.yamlfile import read_text
 
 #: the policy document format this code writes and the newest it reads
 POLICY_VERSION = 1
@@ -118,10 +119,7 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise PicojouleError(f"{path}: cannot read policy: {e.strerror}") from None
+        text = read_text(path, "policy")
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError) as e:

@@ -1,4 +1,4 @@
-"""Reading a user's YAML file safely (``yaml.safe_load``) and validating it, every failure one line naming the file."""
+"""Reading a user's text or YAML file safely (``yaml.safe_load``) and validating it, every failure one line naming the file."""
 
 from __future__ import annotations
 
@@ -14,16 +14,28 @@ from picojoule.errors import PicojouleError
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_yaml(path: str | Path, what: str) -> Any:
-    """The parsed content of ``path``; a missing or unreadable file or bad YAML raises a one-line
-    :class:`PicojouleError` naming the file, ``what`` it should hold and, for bad YAML, the line."""
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a user's file; a missing, unreadable or non-UTF-8 file raises a one-line
+    :class:`PicojouleError` naming the file and ``what`` it should hold."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise PicojouleError(f"{path}: {what} not found") from None
     except OSError as e:
         raise PicojouleError(f"{path}: cannot read {what}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PicojouleError(f"{path}: {what}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") \
+            from None
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The parsed content of ``path``; a missing, unreadable or non-UTF-8 file or bad YAML raises a one-line
+    :class:`PicojouleError` naming the file, ``what`` it should hold and, for bad YAML, the line."""
+    path = Path(path)
+    text = read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

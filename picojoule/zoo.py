@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from picojoule.errors import PicojouleError
+from picojoule.errors import PicojouleError, WeightsError
 
 #: Normalisation of the pretrained CIFAR-10 ResNets: RGB in [0, 1], then (x - mean) / std per channel.
 CIFAR_MEAN = (0.485, 0.456, 0.406)
@@ -403,27 +403,27 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise PicojouleError(f"{path}: weight file not found")
+        raise WeightsError(f"{path}: weight file not found")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
-        raise PicojouleError(f"{path}: cannot read weights ({_first_line(exc)})") from exc
+        raise WeightsError(f"{path}: cannot read weights ({_first_line(exc)})") from exc
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PicojouleError(f"{path}: expected a state_dict of tensors (optionally under 'state_dict')")
+        raise WeightsError(f"{path}: expected a state_dict of tensors (optionally under 'state_dict')")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = model.state_dict()
     # BatchNorm fills in a missing ``num_batches_tracked`` (older checkpoints, e.g. the CIFAR ResNets, lack it).
     missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise PicojouleError(
+        raise WeightsError(
             f"{path}: keys do not match the model: missing {_brief(missing)}, unexpected {_brief(unexpected)}"
         )
     wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in state.items()
              if v.shape != expected[k].shape]
     if wrong:
-        raise PicojouleError(f"{path}: tensor shapes do not match the model: {_brief(wrong)}")
+        raise WeightsError(f"{path}: tensor shapes do not match the model: {_brief(wrong)}")
     model.load_state_dict(state, strict=True)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -127,3 +128,88 @@ def test_strategy_override_drops_the_other_strategys_options(tmp_path):
         assert out.returncode == 0, out.stderr
         saved = yaml.safe_load((tmp_path / strategy / "config.yaml").read_text())
         assert saved["strategy"] == strategy and saved["strategy_options"] == {}
+
+
+# ------------------------------------------------------------------------------------ a user's mistakes (issue 9)
+
+
+def _npz(path: Path, x_shape: tuple[int, ...], labels: list[int] | None = None) -> Path:
+    n = x_shape[0]
+    y = np.asarray(labels if labels is not None else [i % 10 for i in range(n)], np.int64)
+    np.savez(path, x_test=np.random.default_rng(0).integers(0, 256, x_shape, dtype=np.uint8), y_test=y,
+             x_train=np.zeros((n, 32, 32, 3), np.uint8), y_train=np.zeros(n, np.int64))
+    return path
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in this process: exit status 2 and one line of stderr, without a traceback."""
+    from picojoule.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_non_utf8_files_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfedefault: {w_bits: 8}\n")
+    for argv in (["cost", "resnet20", "--target", "a100", "--policy", str(bad)],  # Policy.load
+                 ["cost", "resnet20", "--target", str(bad)],  # read_yaml: targets, configs, space overrides
+                 ["space", "resnet20", "--target", "a100", "--overrides", str(bad)],
+                 ["search", str(bad), "--out", str(tmp_path / "run")],
+                 ["policy", str(bad), "--model", "resnet20", "--from", "haq"]):
+        assert f"{bad}:" in _one_line_error(capsys, argv)
+    assert "not UTF-8 text (byte 0xff at offset 0)" in _one_line_error(capsys, argv)
+
+
+def test_search_out_is_a_file(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("a file\n")
+    err = _one_line_error(capsys, ["search", "--out", str(out), "--quiet"])
+    assert f"{out}: field 'out': expected a directory, found a file" in err
+    err = _one_line_error(capsys, ["search", "--resume", str(out)])
+    assert f"{out}: field 'resume': expected a directory, found a file" in err
+    assert out.read_text() == "a file\n"
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_labels_outside_the_models_classes(tmp_path, capsys, label):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("default: {w_bits: 8, a_bits: 8}\n")
+    data = _npz(tmp_path / "d.npz", (16, 32, 32, 3), [label] + [0] * 15)
+    err = _one_line_error(capsys, ["apply", "resnet20", "--policy", str(policy), "--data", str(data)])
+    assert f"{data}: field 'y_test': expected class ids " in err
+    assert ("0..9 (the model has 10 outputs), got 10" if label == 10 else ">= 0, got -1") in err
+
+
+def test_weights_file_errors_name_field_weights(tmp_path, capsys):
+    data = _npz(tmp_path / "d.npz", (16, 32, 32, 3))
+    config = tmp_path / "c.yaml"
+    junk = tmp_path / "junk.th"
+    junk.write_bytes(b"not a torch file")
+    for weights in (tmp_path / "missing.th", junk):
+        config.write_text(yaml.safe_dump({"model": "resnet20", "weights": str(weights), "data": str(data),
+                                          "target": "eyeriss", "trials": 2}))
+        err = _one_line_error(capsys, ["search", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+        assert f"{config}: field 'weights': {weights}: " in err and "field 'model'" not in err
+
+
+@pytest.mark.parametrize("shape", [(16, 28, 28), (16, 32, 32, 1)])
+def test_image_shape_names_x_test(tmp_path, capsys, shape):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("default: {w_bits: 8, a_bits: 8}\n")
+    data = _npz(tmp_path / "d.npz", shape)
+    err = _one_line_error(capsys, ["apply", "resnet20", "--policy", str(policy), "--data", str(data)])
+    assert f"{data}: field 'x_test': expected images of shape (N, H, W, 3) or (N, 3, H, W)" in err
+    assert f"got {shape}" in err
+
+
+def test_image_channels_are_checked_against_the_model(tmp_path, capsys):
+    """The digits CNN takes one channel: RGB images (which CIFAR's 3-value mean/std accept) do not fit it."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("default: {w_bits: 8, a_bits: 8}\n")
+    data = _npz(tmp_path / "d.npz", (16, 8, 8, 3))
+    err = _one_line_error(capsys, ["apply", "digits", "--policy", str(policy), "--data", str(data)])
+    assert f"{data}: field 'x_test': expected images of shape (N, H, W, 1) or (N, 1, H, W)" in err
+    assert "got (16, 8, 8, 3)" in err

@@ -182,10 +182,10 @@ def test_npz_errors_name_file_and_key(tmp_path: Path) -> None:
         load_npz(need(CIFAR / "lossless_subset.npz"), split="val")
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_test=np.zeros((4, 8), np.uint8), y_test=np.zeros(4, np.int64))
-    with pytest.raises(PicojouleError, match=r"bad\.npz: x_test: expected images"):
+    with pytest.raises(PicojouleError, match=r"bad\.npz: field 'x_test': expected images"):
         load_npz(bad)
     np.savez(bad, x_test=np.zeros((4, 8, 8, 3), np.uint8), y_test=np.zeros(5, np.int64))
-    with pytest.raises(PicojouleError, match=r"bad\.npz: y_test: expected shape \(4,\)"):
+    with pytest.raises(PicojouleError, match=r"bad\.npz: field 'y_test': expected shape \(4,\)"):
         load_npz(bad)
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(PicojouleError, match=r"junk\.npz: not a readable \.npz") as err:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from picojoule.errors import PicojouleError
+from picojoule.yamlfile import read_text, read_yaml
 
 __all__ = ["add_parsers", "chosen_policy", "run_calibrate", "run_compile"]
 
@@ -30,7 +31,7 @@ def chosen_policy(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
         raise PicojouleError(f"{run_dir}: not a finished search run (no {RESULT_FILE}): give a policy file, "
                              "e.g. one of pareto/trial_*.yaml")
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(read_text(path, "search result"))
         winners, config = result["winners"], result.get("config") or {}
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise PicojouleError(f"{path}: not a picojoule result ({type(e).__name__}: {e})") from None

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from picojoule.errors import PicojouleError
@@ -37,6 +36,7 @@ from picojoule.search.projection import Projector
 from picojoule.search.rundir import check_run_dir, run_lock, saved_config_path, write_config
 from picojoule.search.strategies import Strategy, StrategyContext, make_sampler, make_strategy
 from picojoule.policy import Policy
+from picojoule.yamlfile import read_yaml
 
 Callback = Callable[[TrialRecord], None]
 
@@ -333,6 +333,7 @@ def check_run(settings: SearchSettings, source: str, run_dir: Path | None, resum
     return where
 
 
+@quiet_optuna()
 def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | Path, resume: bool = False,
                progress: bool = True, callbacks: Sequence[Callback] = (), **overrides: Any) -> SearchResult:
     """Run (or resume) the search ``config`` states, writing everything to ``out_dir``.
@@ -349,7 +350,7 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
         if not resume:
             raise PicojouleError("run_search: a config is needed to start a search (None only resumes one)")
         config = saved_config_path(run_dir)
-        if "target" not in (yaml.safe_load(config.read_text()) or {}):
+        if "target" not in (read_yaml(config, "search config") or {}):
             raise PicojouleError(f"{run_dir}: this run was started from Python with a model object "
                                  "(picojoule.search): resume it there, with storage and resume=True")
     cfg, source = resolve_config(config, **overrides)
@@ -357,11 +358,11 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
     return run_problem(build_problem(cfg, source), run_dir, resume, progress, callbacks)
 
 
+@quiet_optuna()
 def run_problem(problem: Problem, run_dir: Path | None, resume: bool = False, progress: bool = True,
                 callbacks: Sequence[Callback] = (), metric_name: str = "accuracy") -> SearchResult:
     """Search ``problem``: in memory (``run_dir`` None: an Optuna in-memory study, no files, no lock) or in the
     run directory ``run_dir`` (journal, config copy, lock, reports; resumable). Call :func:`check_run` first."""
-    quiet_optuna()
     where = _where(problem.source)
     if run_dir is None:
         return _search(None, problem, False, progress, callbacks, where, metric_name)

@@ -103,6 +103,18 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def check_data(model: nn.Module, example_input: torch.Tensor, *datasets: ArrayDataset | None) -> None:
+    """A one-line error naming the data file and field unless each dataset's images have the example input's
+    channels and its labels are below the model's number of outputs."""
+    with _eval_mode(model), torch.no_grad():
+        out = model(example_input.to(_device(model)))
+    channels = example_input.shape[1] if example_input.dim() == 4 else None
+    classes = out.shape[1] if out.dim() == 2 else None
+    for data in datasets:
+        if data is not None:
+            data.check_fits(channels, classes)
+
+
 def accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = TEST_BATCH, progress: bool = False) -> float:
     """Top-1 accuracy in [0, 1], computed in eval mode without gradients (the model's mode is restored)."""
     data = _require_data(data, "accuracy")
@@ -110,8 +122,12 @@ def accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = TEST_BATCH,
     batches = data.batches(batch_size)
     total = math.ceil(len(data) / batch_size)
     with _eval_mode(model), torch.no_grad():
-        for xb, yb in tqdm(batches, total=total, desc="accuracy", disable=not progress, file=sys.stderr):
-            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
+        for i, (xb, yb) in enumerate(tqdm(batches, total=total, desc="accuracy", disable=not progress,
+                                          file=sys.stderr)):
+            logits = model(xb.to(device))
+            if i == 0:  # a label the model cannot output would silently count as wrong
+                data.check_fits(classes=logits.shape[1])
+            correct += int((logits.argmax(1).cpu() == yb).sum())
     return correct / len(data)
 
 

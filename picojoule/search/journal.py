@@ -17,7 +17,8 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +40,19 @@ _STATES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "fail", TrialState.
            TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned"}
 
 
-def quiet_optuna() -> None:
-    """Optuna logs every trial at INFO and warns that multivariate TPE is experimental: keep the bar readable."""
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial at INFO and warns that multivariate TPE is experimental: keep the bar readable
+    while the block (or the decorated function) runs; Optuna's verbosity and the warnings filters are restored
+    afterwards."""
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _repair_tail(path: Path) -> None:

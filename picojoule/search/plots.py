@@ -7,15 +7,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from picojoule.hwmodels.costs import price, report  # noqa: E402
-from picojoule.plots import breakdown_axes  # noqa: E402
-from picojoule.search.journal import TrialRecord  # noqa: E402
+from picojoule.hwmodels.costs import price, report
+from picojoule.plots import breakdown_axes, new_figure
+from picojoule.search.journal import TrialRecord
 
 if TYPE_CHECKING:
     from picojoule.search.engine import SearchResult
@@ -78,7 +74,8 @@ def plot_front(result: SearchResult, out: Path) -> Path:
     bounds = _bounds(result)
     cols = min(3, len(pairs))
     rows = math.ceil(len(pairs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    fig = new_figure(figsize=(5 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (mx, my) in zip(axes.flat, pairs):
         sx, lx = (1.0, "trial") if mx == "trial" else _axis(mx)
         sy, ly = _axis(my)
@@ -102,7 +99,6 @@ def plot_front(result: SearchResult, out: Path) -> Path:
                  "trials and Pareto front (dashed: constraint bounds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -112,7 +108,8 @@ def plot_policy(result: SearchResult, record: TrialRecord, out: Path) -> Path:
     layers = result.problem.graph.compute_layers()
     lps = [policy.for_layer(layer.name) for layer in layers]
     x = np.arange(len(layers))
-    fig, (ax_bits, ax_keep, ax_rank) = plt.subplots(3, 1, figsize=(max(6, 0.35 * len(layers) + 3), 8), sharex=True)
+    fig = new_figure(figsize=(max(6, 0.35 * len(layers) + 3), 8))
+    ax_bits, ax_keep, ax_rank = fig.subplots(3, 1, sharex=True)
     ax_bits.bar(x - 0.2, [lp.w_bits for lp in lps], 0.4, label="weights")
     ax_bits.bar(x + 0.2, [lp.a_bits for lp in lps], 0.4, label="activations")
     ax_bits.set_ylabel("bits")
@@ -128,7 +125,6 @@ def plot_policy(result: SearchResult, record: TrialRecord, out: Path) -> Path:
     fig.suptitle(f"Policy of trial {record.number}")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -137,11 +133,11 @@ def plot_energy(result: SearchResult, record: TrialRecord, out: Path) -> Path:
     problem = result.problem
     cost = price(problem.graph, problem.target, result.policy(record), model=problem.config.cost_model,
                  batch=problem.config.batch)
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(problem.graph) + 3), 5))
+    fig = new_figure(figsize=(max(6, 0.3 * len(problem.graph) + 3), 5))
+    ax = fig.subplots()
     breakdown_axes(ax, report(problem.graph, cost))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 

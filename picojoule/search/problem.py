@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from picojoule.data import ArrayDataset, load_dataset
-from picojoule.errors import PicojouleError
+from picojoule.errors import PicojouleError, WeightsError
 from picojoule.graph import LayerGraph, build_graph
 from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.costs import price
@@ -26,7 +26,7 @@ from picojoule.hwmodels.target import Target, load_target
 from picojoule.policy import PolicyBatch
 from picojoule.search.config import DIGITS, EvaluationConfig, Objective, SearchConfig, SearchSettings
 from picojoule.search.constraints import ConstraintProgram
-from picojoule.search.evaluate import InputBatches, Metric, evaluate_policy
+from picojoule.search.evaluate import InputBatches, Metric, check_data, evaluate_policy
 from picojoule.search.metrics import cost_metrics
 from picojoule.policy import Policy
 from picojoule.spaces.space import Space
@@ -73,8 +73,12 @@ def load_model(config: SearchConfig, source: str = "config") -> tuple[nn.Module 
         return None, None
     from picojoule.models import load_torch_model
 
-    with _field(source, "model"):
+    try:
         return load_torch_model(config.model, config.weights)
+    except WeightsError as e:
+        raise PicojouleError(f"{source}: field 'weights': {e}") from None
+    except PicojouleError as e:
+        raise PicojouleError(f"{source}: field 'model': {e}") from None
 
 
 class Evaluator:
@@ -159,6 +163,8 @@ def build_problem(config: SearchConfig, source: str = "config") -> Problem:
     test split measures accuracy."""
     data = load_data(config, source) if config.needs_accuracy else None
     model, example = load_model(config, source)
+    if model is not None and data is not None:
+        check_data(model, example, data.test, data.calibration, data.train)
     with _field(source, "model"):
         if model is None:
             graph = build_graph(config.model)

@@ -13,13 +13,20 @@ import yaml
 from picojoule.errors import PicojouleError
 from picojoule.search.config import RESUMABLE_FIELDS, SearchSettings, config_from_dict
 from picojoule.search.journal import JOURNAL
+from picojoule.yamlfile import read_yaml
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = "run.lock"
 
 
+def _require_dir(run_dir: Path, field: str) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PicojouleError(f"{run_dir}: field '{field}': expected a directory, found a file")
+
+
 def saved_config_path(run_dir: Path) -> Path:
     """The config of the run in ``run_dir``; an error if there is no run to resume."""
+    _require_dir(run_dir, "resume")
     if not (run_dir / JOURNAL).is_file() or not (run_dir / CONFIG_FILE).is_file():
         raise PicojouleError(f"{run_dir}: nothing to resume (no {JOURNAL} and {CONFIG_FILE})")
     return run_dir / CONFIG_FILE
@@ -28,13 +35,14 @@ def saved_config_path(run_dir: Path) -> Path:
 def check_run_dir(run_dir: Path, config: SearchSettings, resume: bool) -> None:
     """A new run needs a directory without a journal; a resumed one the same config (but the resumable fields).
     A SearchSettings (the Python API's run, whose model is an object) is compared on the settings alone."""
+    _require_dir(run_dir, "resume" if resume else "out")
     if not resume:
         if (run_dir / JOURNAL).exists():
             raise PicojouleError(f"{run_dir}: a search already ran here; resume it or choose another directory")
         return
     path = saved_config_path(run_dir)
     fields = type(config).model_fields
-    raw = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k in fields}
+    raw = {k: v for k, v in (read_yaml(path, "search config") or {}).items() if k in fields}
     saved = config_from_dict(raw, str(path), type(config)).dump()
     new = config.dump()
     changed = [k for k in new if k not in RESUMABLE_FIELDS and new[k] != saved.get(k)]
@@ -63,7 +71,10 @@ def _alive(pid: int) -> bool:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/run.lock`` (holding this process's id) while the block runs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, or no permission
+        raise PicojouleError(f"{run_dir}: field 'out': cannot create the run directory ({e.strerror})") from None
     path, mine = run_dir / LOCK_FILE, run_dir / f"{LOCK_FILE}.{os.getpid()}"
     mine.write_text(str(os.getpid()))
     try:

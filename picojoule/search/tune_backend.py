@@ -29,7 +29,8 @@ from picojoule.errors import PicojouleError
 from picojoule.search.constraints import all_hold
 from picojoule.search.engine import SearchResult, baselines_of, finish_run, jsonable, score, warm_start_trials
 from picojoule.search.executors import safe_evaluate
-from picojoule.search.journal import STUDY_NAME, knob_distributions, open_study, read_records, recover_interrupted
+from picojoule.search.journal import (STUDY_NAME, knob_distributions, open_study, quiet_optuna, read_records,
+                                      recover_interrupted)
 from picojoule.search.parallel import init_ray
 from picojoule.search.problem import Problem
 from picojoule.search.strategies import make_sampler
@@ -86,6 +87,7 @@ def _trial(params: dict[str, Any], problem: Problem, bounds: dict[str, float], r
     return out
 
 
+@quiet_optuna()
 def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, where: str) -> SearchResult:
     """The run in ``run_dir`` (under its lock) on Ray Tune; returns what the native engine returns."""
     from ray import tune

@@ -334,7 +334,7 @@ class Space:
         lines = [f"{self.graph.name} on {self.target.name}: {self.dim} knobs ({counts}), "
                  f"10^{self.log10_size:.1f} policies"]
         if self.pinned:
-            lines.append(f"pinned at {PIN_BITS}-bit, no rank: {', '.join(self.pinned)}")
+            lines.append(f"pinned at {PIN_BITS}-bit, no rank split, dense: {', '.join(self.pinned)}")
         if self.excluded:
             lines.append(f"excluded (float, unpruned): {', '.join(self.excluded)}")
         return "\n".join(lines)

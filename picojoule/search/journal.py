@@ -128,6 +128,7 @@ class TrialRecord:
     retry_of: int | None = None
     interrupted: bool = False
     warm_start: str | None = None
+    node: str | None = None  # the id of the Ray node that measured it (workers: N)
 
     @property
     def feasible(self) -> bool:
@@ -153,7 +154,7 @@ def _record(trial: FrozenTrial, space: Space) -> TrialRecord:
         number=trial.number, state=_STATES.get(trial.state, trial.state.name.lower()), vec=vec, metrics=metrics,
         constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
         retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
-        warm_start=attrs.get("warm_start"))
+        warm_start=attrs.get("warm_start"), node=attrs.get("node"))
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:

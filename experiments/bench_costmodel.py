@@ -6,8 +6,11 @@ For ResNet-50 and ResNet-56 (and ResNet-18, the model ZigZag maps), in one proce
 - ZigZag 3.9.1 (the `bench` extra) mapping and costing ResNet-18 on its eyeriss_like.yaml, in the
   same run, so the table shows the ratio; skipped with a note when zigzag is not installed.
 
-Run: python experiments/bench_costmodel.py [--no-zigzag] [--batch 1000]
-Writes experiments/results/bench_costmodel.{json,md}.
+Run: python experiments/bench_costmodel.py [--no-zigzag] [--batch 1000] [--against REV]
+Writes experiments/results/bench_costmodel.{json,md} (with ``--against REV``: bench_costmodel-vs-REV.*).
+``--against REV`` also times the code of git revision REV
+(a temporary worktree) in the same run: three rounds, each timing REV and this tree in turn in fresh processes,
+the median of each; the table then gives this tree's speed over REV's (a refactor must stay >= 0.95).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +31,10 @@ import torch
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import load_target
-from picojoule.policy import PolicyBatch
+try:
+    from picojoule.policy import PolicyBatch
+except ImportError:  # a revision before the policy types moved (for --against)
+    from picojoule.hwmodels.workload import PolicyBatch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -59,28 +66,71 @@ def rate(fn, min_seconds: float = 2.0) -> float:
     return float(np.median(rounds))
 
 
+def time_rows(target_name: str, batch: int, min_seconds: float = 2.0, quiet: bool = False) -> list[dict]:
+    """Policies/s of both cost models on ResNet-50, ResNet-56 and ResNet-18, batched and one at a time."""
+    target = load_target(target_name)
+    rows = []
+    for name in ("resnet50", "resnet56", "resnet18"):
+        graph = build_graph(name)
+        pb = random_policies(len(graph), batch)
+        one = random_policies(len(graph), 1, seed=1)
+        for model in ("roofline", "eyeriss"):
+            t_batch = rate(lambda: price(graph, target, pb, model=model), min_seconds)
+            t_single = rate(lambda: price(graph, target, one, model=model), min_seconds)
+            rows.append({"model": name, "layers": len(graph), "cost_model": model,
+                         "batch_policies_per_s": batch / t_batch, "single_ms": t_single * 1e3,
+                         "single_policies_per_s": 1 / t_single})
+            if not quiet:
+                print(f"{name:9s} {model:9s} batch {batch / t_batch:10.0f}/s  single {t_single * 1e3:6.3f} ms",
+                      flush=True)
+    return rows
+
+
+def against(rev: str, target: str, batch: int, rounds: int = 3) -> dict:
+    """This tree's rows over revision ``rev``'s, timed alternately in fresh processes (median of ``rounds``)."""
+    root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, capture_output=True, text=True,
+                               check=True).stdout.strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "old"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), rev], cwd=root, check=True,
+                       capture_output=True)
+        try:
+            runs: dict[str, list[list[dict]]] = {"old": [], "new": []}
+            for r in range(rounds):
+                for label, tree in (("old", old), ("new", root)):
+                    print(f"round {r + 1}/{rounds}: {label} ({rev if label == 'old' else 'this tree'})", flush=True)
+                    out = subprocess.run([sys.executable, __file__, "--worker", "--target", target, "--batch",
+                                          str(batch)], env={**os.environ, "PYTHONPATH": str(tree)},
+                                         capture_output=True, text=True, check=True)
+                    runs[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
+    rows = []
+    for i, row in enumerate(runs["new"][0]):
+        med = {label: {k: float(np.median([run[i][k] for run in runs[label]]))
+                       for k in ("batch_policies_per_s", "single_policies_per_s")} for label in runs}
+        rows.append({"model": row["model"], "cost_model": row["cost_model"], **{
+            f"{label}_{k}": v for label in med for k, v in med[label].items()},
+            "batch_ratio": med["new"]["batch_policies_per_s"] / med["old"]["batch_policies_per_s"],
+            "single_ratio": med["new"]["single_policies_per_s"] / med["old"]["single_policies_per_s"]})
+    return {"rev": rev, "rounds": rounds, "rows": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--target", default="eyeriss")
     ap.add_argument("--no-zigzag", action="store_true")
+    ap.add_argument("--against", metavar="REV", help="also time git revision REV and give the speed ratios")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one timing run, JSON on stdout
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    target = load_target(args.target)
-    rows = []
-    for name in ("resnet50", "resnet56", "resnet18"):
-        graph = build_graph(name)
-        pb = random_policies(len(graph), args.batch)
-        one = random_policies(len(graph), 1, seed=1)
-        for model in ("roofline", "eyeriss"):
-            t_batch = rate(lambda: price(graph, target, pb, model=model))
-            t_single = rate(lambda: price(graph, target, one, model=model))
-            rows.append({"model": name, "layers": len(graph), "cost_model": model,
-                         "batch_policies_per_s": args.batch / t_batch, "single_ms": t_single * 1e3,
-                         "single_policies_per_s": 1 / t_single})
-            print(f"{name:9s} {model:9s} batch {args.batch / t_batch:10.0f}/s  single {t_single * 1e3:6.3f} ms",
-                  flush=True)
+    if args.worker:
+        print(json.dumps(time_rows(args.target, args.batch, min_seconds=1.0, quiet=True)))
+        return 0
+    rows = time_rows(args.target, args.batch)
+    versus = against(args.against, args.target, args.batch) if args.against else None
     zz = None
     if not args.no_zigzag:
         print("ZigZag: mapping + costing ResNet-18 on eyeriss_like.yaml (minutes)...", flush=True)
@@ -90,11 +140,12 @@ def main() -> int:
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_avg": os.getloadavg(), "torch_threads": 1},
-        "target": args.target, "batch": args.batch, "rows": rows, "zigzag": zz,
+        "target": args.target, "batch": args.batch, "rows": rows, "zigzag": zz, "against": versus,
         "zigzag_over_ours_resnet18": (zz["seconds"] / (ours_r18["single_ms"] / 1e3)) if zz else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_costmodel.json").write_text(json.dumps(result, indent=2))
+    stem = f"bench_costmodel-vs-{args.against}" if args.against else "bench_costmodel"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# Cost-model speed", "",
         f"Target `{args.target}`, one process, torch threads 1, load average {os.getloadavg()[0]:.1f} at the end.",
@@ -115,7 +166,18 @@ def main() -> int:
                   "row-stationary-like mapping analytically)."]
     else:
         lines += ["", "ZigZag not run (install the `bench` extra: `pip install -e .[bench]`)."]
-    (args.out / "bench_costmodel.md").write_text("\n".join(lines) + "\n")
+    if versus:
+        lines += ["", f"## This tree against `{versus['rev']}`", "",
+                  f"Each timed {versus['rounds']} times, alternately, in fresh processes; medians; ratio = this tree's "
+                  "policies/s over the revision's (goal >= 0.95).", "",
+                  "| model | cost model | batch old /s | batch new /s | ratio | single old /s | single new /s | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in versus["rows"]:
+            lines.append(f"| {r['model']} | {r['cost_model']} | {r['old_batch_policies_per_s']:,.0f} | "
+                         f"{r['new_batch_policies_per_s']:,.0f} | {r['batch_ratio']:.2f} | "
+                         f"{r['old_single_policies_per_s']:,.0f} | {r['new_single_policies_per_s']:,.0f} | "
+                         f"{r['single_ratio']:.2f} |")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -419,7 +419,8 @@ def test_a_dead_worker_is_retried_once_then_fails(tmp_path: Path, monkeypatch: p
     (tmp_path / "dying_model.py").write_text(_DYING_MODEL)
     once, always = tmp_path / "die-once", tmp_path / "die-always"
     monkeypatch.chdir(tmp_path)
-    for key, value in {"PYTHONPATH": str(tmp_path), "PJ_DRIVER_PID": str(os.getpid()), "PJ_DIE_ONCE": str(once),
+    for key, value in {"PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}",  # workers import this checkout
+                       "PJ_DRIVER_PID": str(os.getpid()), "PJ_DIE_ONCE": str(once),
                        "PJ_DIE_ALWAYS": str(always), "RAY_AUTH_MODE": "disabled"}.items():
         monkeypatch.setenv(key, value)
     problem = build_problem(config_from_dict({"model": "dying_model:build", "data": "digits", "target": "eyeriss",

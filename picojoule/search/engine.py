@@ -282,10 +282,12 @@ class _Loop:
         else:
             if result and not result.get("cached"):
                 attrs["eval_seconds"] = result["seconds"]
-            if result and result.get("worker_died"):
-                attrs["worker_died"] = result["worker_died"]  # measured again on a fresh worker
+            for key in ("worker_died", "node"):  # measured again on a fresh worker; the Ray node that measured it
+                if result and result.get(key):
+                    attrs[key] = result[key]
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
-            record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None)
+            record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None,
+                                 node=attrs.get("node"))
         self.new_trials += 1
         self._note(record)
         self.bar.update(1)

@@ -142,6 +142,7 @@ class TrialRecord:
     retry_of: int | None = None
     interrupted: bool = False
     warm_start: str | None = None
+    node: str | None = None  # the id of the Ray node that measured it (workers: N)
     policy: Policy | None = field(default=None, repr=False)  # set on a finished search's Pareto-front trials
 
     @property
@@ -168,7 +169,7 @@ def _record(trial: FrozenTrial, space: Space) -> TrialRecord:
         number=trial.number, state=_STATES.get(trial.state, trial.state.name.lower()), vec=vec, metrics=metrics,
         constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
         retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
-        warm_start=attrs.get("warm_start"))
+        warm_start=attrs.get("warm_start"), node=attrs.get("node"))
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:

@@ -93,18 +93,19 @@ def _kill_node(proc: subprocess.Popen) -> None:
 
 class Cluster:
     """A head and a second node, each a ``ray start --block`` in its own session with its own temp dir, ports,
-    1 CPU and a custom resource (``node_a``, ``node_b``) that tells them apart. Both are joined at 127.0.0.1;
-    Ray advertises the host's own address for them, so nothing leaves the machine either way."""
+    1 CPU and a custom resource (``node_a``, ``node_b``) that tells them apart, on loopback addresses of their
+    own (``--node-ip-address`` 127.0.0.2 and 127.0.0.3: Ray rewrites 127.0.0.1 to the host's own address), so no
+    traffic goes to any other address."""
 
     def __init__(self, root: Path, pythonpath: str, **env: str):
         self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"127.0.0.2:{self.port}"
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
         self.root, self.nodes, self.temps = root, {}, []
-        self.start("node_a", "--head", f"--port={self.port}", "--include-dashboard=false",
+        self.start("node_a", "127.0.0.2", "--head", f"--port={self.port}", "--include-dashboard=false",
                    f"--dashboard-port={_free_port()}", **env)
 
-    def start(self, name: str, *args: str, **env: str) -> None:
+    def start(self, name: str, ip: str, *args: str, **env: str) -> None:
         # Two raylets on one host: each needs its own temp dir (short: Unix socket paths are limited) and ports.
         temp = tempfile.mkdtemp(prefix=f"pj-{name}-")
         self.temps.append(temp)
@@ -112,7 +113,7 @@ class Cluster:
                  "dashboard-agent-grpc", "runtime-env-agent"]
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--num-cpus=1",
                f'--resources={{"{name}": 1}}', f"--temp-dir={temp}", f"--object-store-memory={80 * 2**20}",
-               "--disable-usage-stats", *(f"--{p}-port={_free_port()}" for p in ports)]
+               "--disable-usage-stats", f"--node-ip-address={ip}", *(f"--{p}-port={_free_port()}" for p in ports)]
         log = open(self.root / f"{name}.log", "w")
         self.nodes[name] = subprocess.Popen(cmd, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -141,7 +142,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path, f"{REPO}{os.pathsep}{tmp_path}", PJ_AFTER_MARK=busy)
     try:
         c.wait_for("node_a")
-        c.start("node_b", f"--address={c.address}", PJ_BUSY_MARK=busy)
+        c.start("node_b", "127.0.0.3", f"--address={c.address}", PJ_BUSY_MARK=busy)
         c.wait_for("node_b")
         yield c
     finally:
@@ -162,6 +163,7 @@ def test_search_on_a_two_node_cluster_survives_losing_a_node(cluster: Cluster, t
     monkeypatch.syspath_prepend(str(tmp_path))
     busy = tmp_path / "b-busy"
     nodes: dict[str, str] = {}
+    addresses: set[str] = set()
     finished: list[TrialRecord] = []
     before_kill: list[TrialRecord] = []
     killed = threading.Event()
@@ -178,6 +180,7 @@ def test_search_on_a_two_node_cluster_survives_losing_a_node(cluster: Cluster, t
         if not nodes:
             nodes.update({name: n["NodeID"] for n in ray.nodes() for name in ("node_a", "node_b")
                           if name in n["Resources"]})
+            addresses.update(n["NodeManagerAddress"] for n in ray.nodes())
         finished.append(record)
         both = {nodes["node_a"], nodes["node_b"]} <= {r.node for r in finished}
         if both and not killer.is_alive() and not killed.is_set():
@@ -191,6 +194,7 @@ def test_search_on_a_two_node_cluster_survives_losing_a_node(cluster: Cluster, t
     res = run_search(config, tmp_path / "run", progress=False, callbacks=[callback])
     seconds = time.monotonic() - t
     assert killed.is_set() and cluster.nodes["node_b"].poll() is not None and sorted(nodes) == ["node_a", "node_b"]
+    assert addresses == {"127.0.0.2", "127.0.0.3"}  # both nodes on loopback
 
     study = optuna.load_study(study_name="picojoule",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "run" / "journal.log"))))

@@ -9,8 +9,10 @@ Tested with ray 2.60.0. On a cluster every node needs picojoule installed, and t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import sys
 from typing import Any
 
 import torch
@@ -50,17 +52,34 @@ def _import_ray(source: str) -> Any:
     return ray
 
 
+#: the address of a local Ray runtime: on loopback, so that it takes no network interface. Ray rewrites 127.0.0.1
+#: (and "localhost") to the host's own address on Linux, not the rest of 127.0.0.0/8.
+LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
+
+
+def _loopback_host(address: str) -> str | None:
+    """The host of ``address`` (HOST:PORT) if it is a loopback IP address (then this driver's node is there too)."""
+    try:
+        host = ipaddress.ip_address(address.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+    return str(host) if host.is_loopback else None
+
+
 def init_ray(workers: int, address: str | None, source: str) -> bool:
-    """Join ``address``, or start a local Ray for ``workers`` CPUs (no dashboard, token auth off), unless Ray is
-    already up; returns whether this call started it (and so should shut it down)."""
+    """Join ``address``, or start a local Ray for ``workers`` CPUs on loopback (no dashboard, token auth off),
+    unless Ray is already up; returns whether this call started it (and so should shut it down)."""
     ray = _import_ray(source)
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        node_ip = _loopback_host(address)  # a cluster on loopback: this driver's node is on loopback as well
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                 **({"_node_ip_address": node_ip} if node_ip else {}))
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters enable token auth by default
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                 **({"_node_ip_address": LOCAL_NODE_IP} if LOCAL_NODE_IP else {}))
     return True
 
 

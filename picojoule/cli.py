@@ -15,7 +15,7 @@ def _targets(args: argparse.Namespace) -> int:
     from picojoule.hwmodels.target import load_target, target_names
 
     rows = []
-    for name in target_names():
+    for name in [*target_names(), "host"]:  # host: this machine's CPU, detected
         t = load_target(name)
         rows.append({
             "name": t.name, "kind": t.kind, "clock_ghz": t.clock_hz / 1e9, "technology_nm": t.technology_nm,

@@ -18,7 +18,7 @@ from picojoule.compilers.calibrate import (fit_efficiency, measure_policies, pre
 from picojoule.errors import PicojouleError
 from picojoule.graph import build_graph
 from picojoule.hwmodels.costs import price
-from picojoule.hwmodels.target import OP_KINDS, Target, load_target
+from picojoule.hwmodels.target import OP_KINDS, TARGETS_DIR, Target, load_target
 from picojoule.policy import Policy
 
 torch.set_num_threads(1)
@@ -35,8 +35,15 @@ def graph():
 
 
 @pytest.fixture(scope="module")
-def host() -> Target:
+def zen3() -> Target:
+    """The bundled Zen 3 target: analytic tests only (its code needs sse4a, so it is not timed on every CPU)."""
     return load_target("host-znver3")
+
+
+@pytest.fixture(scope="module")
+def this_cpu() -> Target:
+    """This machine's CPU, detected: the target for tests that time code here."""
+    return load_target("host")
 
 
 def _truth(target: Target, scale: float, int8_rate: float, overhead: float, exponent: float = 0.0) -> Target:
@@ -66,40 +73,53 @@ def _policy_file(tmp_path: Path, name: str = "keep50.yaml", **default) -> Path:
 # ------------------------------------------------------------------------------------------ fast
 
 
-def test_host_target_describes_this_cpu(host):
-    assert host.tvm is not None and host.tvm.mcpu == "znver3"
-    assert host.peak_macs_per_s(8) == pytest.approx(2 * host.peak_macs_per_s(32))  # AVX2 int8 ~ 2x fp32
+def test_bundled_zen3_target(zen3):
+    assert zen3.tvm is not None and zen3.tvm.mcpu == "znver3"
+    assert zen3.peak_macs_per_s(8) == pytest.approx(2 * zen3.peak_macs_per_s(32))  # AVX2 int8 ~ 2x fp32
     if tvm_build.host_cpu() == "znver3":
-        assert tvm_build.missing_isa(tvm_build.tvm_target(host)) == []
-        assert runnable_tvm_target(host)[0].attrs["mcpu"] == "znver3"
+        assert tvm_build.missing_isa(tvm_build.tvm_target(zen3)) == []
+        assert runnable_tvm_target(zen3)[0].attrs["mcpu"] == "znver3"
 
 
 def test_target_code_this_cpu_cannot_run_is_timed_on_the_host():
     tgt, why = runnable_tvm_target(load_target("cpu-avx512"))
     if tvm_build.missing_isa(tvm_build.tvm_target("cpu-avx512")):
-        assert tgt.attrs["mcpu"] == tvm_build.host_cpu() and "avx512" in why and "not on cpu-avx512" in why
-    assert runnable_tvm_target(load_target("edge-npu"))[0].attrs["mcpu"] == tvm_build.host_cpu()
+        assert tgt.attrs["mcpu"] == tvm_build.native_mcpu() and "avx512" in why and "not on cpu-avx512" in why
+    assert runnable_tvm_target(load_target("edge-npu"))[0].attrs["mcpu"] == tvm_build.native_mcpu()
 
 
-def test_sampled_policies_are_diverse(graph, host):
-    policies = sample_policies(graph, host, 16, seed=0)
+def test_host_target_is_timed_with_its_own_build(this_cpu):
+    tgt, why = runnable_tvm_target(this_cpu)
+    assert tgt.attrs["mcpu"] == this_cpu.tvm.mcpu and "host's own TVM target" in why
+
+
+def test_calibrated_host_yaml_is_a_normal_target_file(graph, this_cpu, tmp_path):
+    policies = sample_policies(graph, this_cpu, 6, seed=3)
+    measured = predict_latency(graph, _truth(this_cpu, 0.04, 0.5, 2e-6), policies)
+    calibrated, stats = fit_efficiency(graph, this_cpu, policies, measured, holdout=0)
+    loaded = load_target(write_target_yaml(calibrated, tmp_path / "host-calibrated.yaml", stats))
+    assert loaded == calibrated and loaded.name == "host-calibrated" and loaded.tvm == this_cpu.tvm
+
+
+def test_sampled_policies_are_diverse(graph, zen3):
+    policies = sample_policies(graph, zen3, 16, seed=0)
     names = [p.meta["name"] for p in policies]
     assert len(set(names)) == 16 and names[:2] == ["fp32", "w8a8"]
-    macs = price(graph, host, policies).total_macs
+    macs = price(graph, zen3, policies).total_macs
     assert macs.max() == macs[0] and macs.max() / macs.min() > 3  # from the full model to heavily pruned
     assert any(lp.rank > 0 for p in policies for lp in p.layers.values())
     assert any(p.for_layer("layer1.0.conv1").w_bits == 32 for p in policies[5:])  # float samples too
-    assert [p.meta["name"] for p in sample_policies(graph, host, 16, seed=0)] == names
+    assert [p.meta["name"] for p in sample_policies(graph, zen3, 16, seed=0)] == names
 
 
-def test_fit_recovers_a_known_target(graph, host):
-    truth = _truth(host, scale=0.03, int8_rate=0.5, overhead=2e-6, exponent=0.4)
-    policies = sample_policies(graph, host, 20, seed=1)
+def test_fit_recovers_a_known_target(graph, zen3):
+    truth = _truth(zen3, scale=0.03, int8_rate=0.5, overhead=2e-6, exponent=0.4)
+    policies = sample_policies(graph, zen3, 20, seed=1)
     measured = predict_latency(graph, truth, policies)
-    calibrated, stats = fit_efficiency(graph, host, policies, measured, holdout=0.25, seed=0)
+    calibrated, stats = fit_efficiency(graph, zen3, policies, measured, holdout=0.25, seed=0)
     assert stats.n_test == 5 and stats.n_train == 15 and stats.method == "holdout"
     assert stats.mape_before > 0.5 and stats.mape_after < 0.01 and stats.spearman_after == pytest.approx(1.0)
-    assert calibrated.compute.efficiency["conv"] == pytest.approx(0.03 * host.compute.efficiency["conv"], rel=0.02)
+    assert calibrated.compute.efficiency["conv"] == pytest.approx(0.03 * zen3.compute.efficiency["conv"], rel=0.02)
     assert stats.mode_rates["int8-avx2"] == pytest.approx(0.5, rel=0.02)
     assert stats.channel_exponent == pytest.approx(0.4, abs=0.01)
     assert calibrated.compute.channel_exponent == stats.channel_exponent
@@ -110,10 +130,10 @@ def test_fit_recovers_a_known_target(graph, host):
     assert all(0 < v <= 1 for v in calibrated.compute.efficiency.values())
 
 
-def test_calibrated_yaml_round_trips(graph, host, tmp_path):
-    policies = sample_policies(graph, host, 8, seed=2)
-    measured = predict_latency(graph, _truth(host, 0.05, 0.6, 1e-6), policies)
-    calibrated, stats = fit_efficiency(graph, host, policies, measured, holdout=0)  # leave-one-out
+def test_calibrated_yaml_round_trips(graph, zen3, tmp_path):
+    policies = sample_policies(graph, zen3, 8, seed=2)
+    measured = predict_latency(graph, _truth(zen3, 0.05, 0.6, 1e-6), policies)
+    calibrated, stats = fit_efficiency(graph, zen3, policies, measured, holdout=0)  # leave-one-out
     assert stats.method == "loo" and stats.n_test == 8
     path = write_target_yaml(calibrated, tmp_path / "cal.yaml", stats)
     text = path.read_text()
@@ -125,13 +145,13 @@ def test_calibrated_yaml_round_trips(graph, host, tmp_path):
     assert f"MAPE {100 * stats.mape_after:.1f}%" in loaded.compute.source
 
 
-def test_fit_rejects_bad_input(graph, host):
-    policies = sample_policies(graph, host, 4)
+def test_fit_rejects_bad_input(graph, zen3):
+    policies = sample_policies(graph, zen3, 4)
     with pytest.raises(PicojouleError, match="need >= 3 policies") as info:
-        fit_efficiency(graph, host, policies[:2], [0.01, 0.02])
+        fit_efficiency(graph, zen3, policies[:2], [0.01, 0.02])
     assert "\n" not in str(info.value)
     with pytest.raises(PicojouleError, match="holdout"):
-        fit_efficiency(graph, host, policies, [0.01] * 4, holdout=1.0)
+        fit_efficiency(graph, zen3, policies, [0.01] * 4, holdout=1.0)
     with pytest.raises(PicojouleError, match="only CPU targets"):
         _run(["calibrate", "--target", "a100", "--model", "resnet20"])
 
@@ -174,35 +194,80 @@ def test_compile_for_edge_npu_keeps_the_onnx(shared_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compile_policy_yaml_writes_onnx_library_and_report(shared_data, tmp_path, capsys):
+def test_compile_policy_yaml_writes_onnx_library_and_report(shared_data, this_cpu, tmp_path, capsys):
     policy = _policy_file(tmp_path)
     out = tmp_path / "out"
     weights = str(shared_data / "models" / "resnet20_cifar10.th")
-    assert _run(["compile", str(policy), "--target", "host-znver3", "--out", str(out), "--weights", weights,
+    assert _run(["compile", str(policy), "--target", "host", "--out", str(out), "--weights", weights,
                  "--measure", "--repeat", "3", "--number", "1"]) == 0
     assert "measured latency on this CPU" in capsys.readouterr().out
-    report = json.loads((out / "keep50-host-znver3.json").read_text())
+    report = json.loads((out / "keep50-host.json").read_text())
     assert Path(report["onnx"]).is_file() and Path(report["library"]).stat().st_size > 10_000
-    assert report["tvm_target"]["mcpu"] == "znver3" and report["policy"]["default"]["keep"] == 0.5
+    assert report["tvm_target"]["mcpu"] == this_cpu.tvm.mcpu and report["policy"]["default"]["keep"] == 0.5
     assert report["latency_s"] > 0 and report["host_latency_s"] == report["latency_s"]
     assert report["predicted_latency_s"] > 0 and report["tvm_vs_ort_max_abs_diff"] < 1e-3
+    assert report["host_prediction_target"] == "host"
+    assert report["host_predicted_latency_s"] == report["predicted_latency_s"]
+
+
+def _foreign_cpu_target(tmp_path: Path) -> Path:
+    """cpu-avx512's figures with an mcpu whose instruction sets this CPU lacks (skips if it has every one's)."""
+    for mcpu in ("znver3", "sapphirerapids", "znver5", "graniterapids"):  # sse4a, AMX, vp2intersect, AMX-fp16
+        if tvm_build.missing_isa(tvm.target.Target({"kind": "llvm", "mcpu": mcpu})):
+            break
+    else:
+        pytest.skip("this CPU runs the code of every candidate mcpu: no foreign CPU to compile for")
+    data = yaml.safe_load((TARGETS_DIR / "cpu-avx512.yaml").read_text())
+    data.update(name="foreign-cpu", tvm={"kind": "llvm", "mcpu": mcpu})
+    path = tmp_path / "foreign-cpu.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @pytest.mark.slow
-def test_calibration_on_measured_resnet20_lowers_the_error(shared_data, graph, host, tmp_path):
-    """8 real policies (5 baselines, 3 samples) built and timed; leave-one-out: each predicted without it."""
+def test_measure_puts_the_host_prediction_beside_a_timing_on_this_cpu(this_cpu, tmp_path, capsys):
+    """Code this CPU cannot run is timed as a build for this CPU, and the prediction beside that timing is the
+    host target's, not the foreign CPU's."""
+    from picojoule.compilers.report import predicted_latency
+    from picojoule.models import load_torch_model
+
+    foreign = _foreign_cpu_target(tmp_path)
+    policy = tmp_path / "half.yaml"
+    policy.write_text(yaml.safe_dump({"model": "digits", "default": {"keep": 0.5}}))
+    out = tmp_path / "out"
+    assert _run(["compile", str(policy), "--target", str(foreign), "--out", str(out), "--measure",
+                 "--repeat", "3", "--number", "1"]) == 0
+    text = capsys.readouterr()
+    assert "code does not run here: building for this CPU" in text.err
+    assert "predicted latency on this CPU (target host" in text.out
+    report = json.loads((out / "half-foreign-cpu.json").read_text())
+    assert report["latency_s"] is None and report["host_latency_s"] > 0
+    assert report["host_timed_build"].startswith(f"llvm -mcpu={this_cpu.tvm.mcpu}")
+    model, example = load_torch_model("digits")
+    graph = build_graph(model, example, name="digits")
+    pol = Policy.load(policy)
+    assert report["predicted_latency_s"] == pytest.approx(predicted_latency(graph, load_target(foreign), pol))
+    assert report["host_prediction_target"] == "host"
+    assert report["host_predicted_latency_s"] == pytest.approx(predicted_latency(graph, this_cpu, pol))
+    assert report["host_predicted_latency_s"] != pytest.approx(report["predicted_latency_s"])
+
+
+@pytest.mark.slow
+def test_calibration_on_measured_resnet20_lowers_the_error(shared_data, graph, this_cpu, tmp_path):
+    """8 real policies (5 baselines, 3 samples) built for this CPU and timed; leave-one-out: each predicted
+    without it."""
     weights = str(shared_data / "models" / "resnet20_cifar10.th")
-    policies = sample_policies(graph, host, 8, seed=0)
-    measured = measure_policies("resnet20", weights, host, policies, tmp_path, repeat=3, number=1, rounds=2,
+    policies = sample_policies(graph, this_cpu, 8, seed=0)
+    measured = measure_policies("resnet20", weights, this_cpu, policies, tmp_path, repeat=3, number=1, rounds=2,
                                 progress=False)
     assert all(m.error is None and m.measured_s > 0 for m in measured)
     fp32, w8a8, fp32_half = (m.measured_s for m in measured[:3])
     assert fp32_half < 0.5 * fp32  # pruning pays: keep 0.5 is a quarter of the MACs
     assert w8a8 > 0.7 * fp32  # Q/DQ runs as float: no int8 speed-up
-    calibrated, stats = fit_efficiency(graph, host, policies, [m.measured_s for m in measured], holdout=0)
+    calibrated, stats = fit_efficiency(graph, this_cpu, policies, [m.measured_s for m in measured], holdout=0)
     assert stats.mape_after < 0.5 * stats.mape_before and stats.mape_after < 0.25
     assert stats.spearman_after > 0.8 and stats.spearman_after >= stats.spearman_before
-    assert stats.mode_rates["int8-avx2"] < 0.8  # the fit learns that 8-bit runs near float speed here
+    assert stats.mode_rates[this_cpu.mode_for(8).name] < 0.8  # the fit learns that 8-bit runs near float speed
     assert load_target(write_target_yaml(calibrated, tmp_path / "cal.yaml", stats)) == calibrated
 
 

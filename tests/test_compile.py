@@ -126,7 +126,7 @@ def test_uncalibrated_model_is_a_user_error(resnet20, tmp_path):
 
 def test_tvm_targets_from_yaml():
     host = tvm_build.host_target()
-    assert host.kind.name == "llvm" and host.attrs["mcpu"] == tvm_build.host_cpu() != "generic"
+    assert host.kind.name == "llvm" and host.attrs["mcpu"] == tvm_build.native_mcpu() != "generic"
     assert tvm_build.missing_isa(host) == []
     avx = tvm_build.tvm_target("cpu-avx512")
     assert avx.kind.name == "llvm" and avx.attrs["mcpu"] == "icelake-server"
@@ -153,7 +153,7 @@ def test_tvm_host_build_matches_onnxruntime(w8a8, resnet20, images, tmp_path):
     # TVM and ONNX Runtime sum in other orders too: quantized models differ by rounding flips (measured 0-0.2%)
     bound = ORT_TOLERANCE * np.abs(run_onnxruntime(path, example)).max()
     assert report["tvm_vs_ort_max_abs_diff"] < bound and report["ort_max_abs_diff"] < bound
-    assert report["tvm_target"]["mcpu"] == tvm_build.host_cpu()
+    assert report["tvm_target"]["mcpu"] == tvm_build.native_mcpu()
     assert json.loads((tmp_path / "w8a8-host.json").read_text())["library"] == report["library"]
     lib = tvm_build.load_library(report["library"])  # the .so reloads and gives ONNX Runtime's answer
     for x in images[1][:4].split(1):  # real CIFAR images

@@ -24,7 +24,8 @@ def deploy(model: nn.Module, example_input: torch.Tensor, target: str, outdir: s
            graph: LayerGraph | None = None, policy: Policy | None = None, measure: bool = True,
            repeat: int = 20, number: int = 5, host_mcpu: str | None = None, tune_trials: int = 0) -> dict[str, Any]:
     """Export ``model`` to ``outdir/<name>.onnx``, build it with TVM for ``target`` (a target name, a YAML path
-    or ``"host"``) into ``outdir/<name>-<target>.so`` and write ``outdir/<name>-<target>.json``; returns the report.
+    or ``"host"``: this CPU, detected) into ``outdir/<name>-<target>.so`` and write ``outdir/<name>-<target>.json``;
+    returns the report.
 
     The report holds the ONNX Runtime vs torch difference, the TVM vs ONNX Runtime difference and the median
     latency when the library runs on this CPU, and the cost model's prediction when ``graph`` is given (with
@@ -34,14 +35,14 @@ def deploy(model: nn.Module, example_input: torch.Tensor, target: str, outdir: s
     ``outdir/<name>-<target>.tuning``; llvm code this CPU runs only).
     """
     outdir = Path(outdir)
-    spec = None if target == tvm_build.HOST else load_target(target)
-    label = target if spec is None else spec.name
+    spec = load_target(target)
+    label = spec.name
     onnx_path = export_onnx(model, example_input, outdir / f"{name}.onnx")
     common = dict(model=name, target=label, onnx=onnx_path, graph=graph, policy=policy, target_spec=spec,
                   ort_max_abs_diff=check_onnxruntime(model, example_input, onnx_path, tolerance=None))
     report_path = outdir / f"{name}-{label}.json"
     try:
-        tgt = tvm_build.tvm_target(spec if spec is not None else target, host_mcpu, onnx_path)
+        tgt = tvm_build.tvm_target(spec, host_mcpu, onnx_path)
     except PicojouleError as exc:
         write_report(report_path, build_report(**common, error=str(exc)))
         raise

@@ -2,7 +2,8 @@
 
 A target's YAML ``tvm`` section says how TVM builds for it (``llvm`` with an ``mcpu``, or ``cuda`` with an
 ``arch`` and an llvm host); targets without one (TPU, FPGA, NPU) raise a one-line error naming the ONNX
-artifact, which stays the deliverable for them. ``"host"`` is this machine: llvm with the CPU LLVM detects.
+artifact, which stays the deliverable for them. ``"host"`` is this machine: llvm with the ``host`` target's mcpu
+(:mod:`picojoule.hwmodels.host`: LLVM's name for this CPU where this CPU has all it implies, else an x86-64 level).
 
 Code built for another CPU runs here only if this CPU has its instruction sets: :func:`missing_isa` tells,
 and :func:`run`/:func:`measure_latency` refuse to execute code that would die of an illegal instruction.
@@ -28,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from picojoule.errors import PicojouleError
+from picojoule.hwmodels.host import HOST
 from picojoule.hwmodels.target import Target, load_target
 
 if TYPE_CHECKING:
     import tvm
 
-__all__ = ["HOST", "TUNE_BUILD_TIMEOUT_S", "compile_onnx", "export_library", "host_cpu", "host_target", "load_library",
-           "measure_latency", "missing_isa", "run", "target_name", "tvm_target"]
+__all__ = ["HOST", "TUNE_BUILD_TIMEOUT_S", "compile_onnx", "export_library", "host_cpu", "host_target", "native_mcpu",
+           "load_library", "measure_latency", "missing_isa", "run", "target_name", "tvm_target"]
 
-HOST = "host"
 TUNE_BUILD_TIMEOUT_S = 600  # per MetaSchedule build batch (its default of 30 s times out on 2 cores)
 #: LLVM feature names that are instruction sets (the rest of LLVM's CPU features are tuning hints).
 _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "amx", "gfni", "vaes", "vpclmulqdq", "bmi", "sha", "aes",
@@ -56,9 +57,16 @@ def host_cpu() -> str:
     return str(_tvm().target.codegen.llvm_get_system_cpu())
 
 
+def native_mcpu() -> str:
+    """The mcpu TVM builds this CPU's code for: the detected ``host`` target's (LLVM's name for this CPU when this
+    CPU has every instruction set it implies, else the x86-64 level its flags hold)."""
+    spec = load_target(HOST).tvm
+    return spec.mcpu if spec is not None and spec.mcpu else host_cpu()
+
+
 def host_target() -> tvm.target.Target:
     """llvm for this machine's CPU (``-mcpu=native`` is rejected by TVM's LLVM: the name is detected instead)."""
-    return _tvm().target.Target({"kind": "llvm", "mcpu": host_cpu()})
+    return _tvm().target.Target({"kind": "llvm", "mcpu": native_mcpu()})
 
 
 def target_name(target: Target | str) -> str:
@@ -78,10 +86,10 @@ def tvm_target(target: Target | str, host_mcpu: str | None = None, onnx_path: st
         where = f"; the ONNX artifact is at {onnx_path}" if onnx_path is not None else ""
         raise PicojouleError(f"TVM cannot build for {target.name} (its target file has no 'tvm' section){where}")
     if spec.kind == "llvm":
-        return tvm.target.Target({"kind": "llvm", "mcpu": spec.mcpu or host_cpu()})
+        return tvm.target.Target({"kind": "llvm", "mcpu": spec.mcpu or native_mcpu()})
     if spec.arch is None:
         raise PicojouleError(f"target {target.name}: field 'tvm.arch': a cuda target needs an arch such as sm_80")
-    host = {"kind": "llvm", "mcpu": host_mcpu or host_cpu()}
+    host = {"kind": "llvm", "mcpu": host_mcpu or native_mcpu()}
     return tvm.target.Target({"kind": "cuda", "arch": spec.arch}, host=host)
 
 

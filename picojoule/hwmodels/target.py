@@ -129,6 +129,7 @@ class TVMTarget(_Strict):
     kind: Literal["llvm", "cuda"]
     mcpu: str | None = None
     arch: str | None = None
+    source: str | None = Field(default=None, description="why this mcpu (the detected host target says)")
 
 
 class Target(_Strict):
@@ -178,9 +179,14 @@ def _format_error(path: str, err: ValidationError) -> str:
     return f"{path}: field '{field}': {first['msg']}"
 
 
+def target_from_dict(data: object, source: str) -> Target:
+    """``data`` validated as a Target; a bad field gives a one-line error naming ``source`` and the field."""
+    return validated(Target, data, source, "target fields", _format_error)
+
+
 def load_target_file(path: str | Path) -> Target:
     """Load and validate one target YAML file; a bad file gives a one-line error naming it and the field."""
-    return validated(Target, read_yaml(path, "target file"), str(path), "target fields", _format_error)
+    return target_from_dict(read_yaml(path, "target file"), str(path))
 
 
 def target_names() -> list[str]:
@@ -197,16 +203,22 @@ _BY_NAME: dict[str, Target] = {}
 
 
 def load_target(name_or_path: str | Path | Target) -> Target:
-    """A bundled target by name (``a100``), any target YAML file by path, or a :class:`Target` (as it is)."""
+    """A bundled target by name (``a100``), ``host`` (this machine's CPU, detected: :mod:`picojoule.hwmodels.host`),
+    any target YAML file by path, or a :class:`Target` (as it is)."""
     if isinstance(name_or_path, Target):
         return name_or_path
     text = str(name_or_path)
+    if text == "host":
+        from picojoule.hwmodels.host import host_target
+
+        return host_target()
     if text in _BY_NAME:
         return _BY_NAME[text]
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
         return _load_cached(str(Path(text).resolve()))
     path = TARGETS_DIR / f"{text}.yaml"
     if not path.is_file():
-        raise PicojouleError(f"unknown target '{text}': expected one of {', '.join(target_names())} or a .yaml path")
+        raise PicojouleError(f"unknown target '{text}': expected one of {', '.join(target_names())}, "
+                              "host (this CPU) or a .yaml path")
     _BY_NAME[text] = _load_cached(str(path))
     return _BY_NAME[text]

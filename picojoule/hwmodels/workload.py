@@ -44,6 +44,7 @@ class GraphArrays:
     rankable: np.ndarray
     cout: np.ndarray
     cin: np.ndarray  # per group for convs (= C of the weight tensor)
+    cin_dense: np.ndarray  # cin, 1 for depthwise convs (their MACs per output channel)
     k_area: np.ndarray
     kernel_w: np.ndarray
     stride: np.ndarray
@@ -102,6 +103,9 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
         cin=arr(
             (layer.in_channels // layer.groups if layer.op == "conv" else layer.in_channels) for layer in layers
         ),
+        cin_dense=arr(
+            (1 if layer.kind == "depthwise" else layer.in_channels // layer.groups if layer.op == "conv"
+             else layer.in_channels) for layer in layers),
         k_area=arr(layer.kernel[0] * layer.kernel[1] for layer in layers),
         kernel_w=arr(layer.kernel[1] for layer in layers),
         stride=arr(layer.stride[1] for layer in layers),
@@ -196,12 +200,14 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
     st = PricingState(ga, target, pb, batch)
     for p in PRICING_ORDER:
         p.price(st)
-    matrices = sum(rows * k for rows, k in st.parts)
+    (rows, k), *split = st.parts
+    matrices = rows * k + sum(r * c for r, c in split)
     return Workload(
         macs=st.macs, ops=ga.ops * st.k_out * batch, weight_elems=matrices + ga.bias * st.k_out,
         in_elems=(ga.in_a * st.k_a + ga.in_b * st.k_b) * batch, out_elems=ga.out_elems * st.k_out * batch,
         mid_elems=st.mid, w_bits=st.w_bits, a_bits=st.a_bits, mode_bits=st.mode_bits,
         peak_macs_per_s=st.peak_macs_per_s, mac_energy_pj=st.mac_energy_pj, m=st.cout, c=st.cin, rank=st.rank,
-        zero_weights=st.zeros, zero_fraction=np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros),
-                                                        where=matrices > 0), two_four=st.pattern > 0,
+        zero_weights=st.zeros, two_four=st.pattern > 0,
+        zero_fraction=st.zero if st.zeros is st.zero else np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros),
+                                                                    where=matrices > 0),
     )

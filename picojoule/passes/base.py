@@ -82,25 +82,25 @@ class PricingState:
     def __init__(self, ga: Any, target: Any, pb: Any, batch: int):
         self.ga, self.target, self.pb, self.batch = ga, target, pb, batch
         self.n = len(pb)
-        ones = np.ones((self.n, ga.n_layers))
+        shape = (self.n, ga.n_layers)
+        # the defaults are shared, read-only arrays: a stage replaces an array, it never writes into one
+        ones, self.zero = np.ones(shape), np.zeros(shape)
         self.k_out, self.k_in, self.k_a, self.k_b = ones, ones, ones, ones  # kept channel fractions
-        self.cout = np.broadcast_to(ga.cout, (self.n, ga.n_layers)).astype(np.float64)
-        self.cin = np.broadcast_to(np.where(ga.depthwise, 1.0, ga.cin), (self.n, ga.n_layers)).astype(np.float64)
+        self.cout, self.cin = ga.cout, ga.cin_dense  # per layer (L,), broadcast until a stage prunes
         self.spatial = ga.spatial * batch
-        self.rank = self.mid = np.zeros((self.n, ga.n_layers))
+        self.rank = self.mid = self.zero
         self._macs: np.ndarray | None = None
         self._parts: list[tuple[np.ndarray, np.ndarray]] | None = None
-        self.zeros = np.zeros((self.n, ga.n_layers))  # zero weights a sparsity pass made
-        self.pattern = np.zeros((self.n, ga.n_layers))  # 0: unstructured zeros, 1: 2:4
+        self.zeros = self.zero  # zero weights a sparsity pass made
+        self.pattern = self.zero  # 0: unstructured zeros, 1: 2:4
 
     def _dense(self) -> None:
-        """MACs and weight matrices of every layer at its kept channels, unsplit (the first time a stage
+        """MACs and the weight matrix of every layer at its kept channels, unsplit (the first time a stage
         reads them, so after the stages that change channels)."""
         ga = self.ga
         k_in = self.cin * ga.k_area
         self._macs = np.where(ga.has_macs, self.spatial * self.cout * k_in, 0.0)
-        none = np.zeros_like(self._macs)
-        self._parts = [(np.where(ga.has_weights, self.cout, 0.0), np.where(ga.has_weights, k_in, 0.0)), (none, none)]
+        self._parts = [(np.where(ga.has_weights, self.cout, 0.0), np.where(ga.has_weights, k_in, 0.0))]
 
     @property
     def macs(self) -> np.ndarray:
@@ -115,7 +115,8 @@ class PricingState:
 
     @property
     def parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each layer's weight matrices as (rows, K) arrays: the layer's own, and a low-rank split's second."""
+        """Each layer's weight matrices as (rows, K) arrays: the layer's own (or a low-rank split's first half),
+        and a split's second half where a low-rank stage split layers."""
         if self._parts is None:
             self._dense()
         return self._parts

@@ -82,6 +82,8 @@ class LowRankPass(CompressionPass):
 
     def price(self, st: PricingState) -> None:
         ga = st.ga
+        if not st.pb.rank.any():
+            return
         k_in = st.cin * ga.k_area
         rank = np.where(ga.rankable & (st.pb.rank > 0), np.minimum(st.pb.rank, np.minimum(st.cout, k_in)), 0.0)
         split = rank > 0
@@ -89,7 +91,7 @@ class LowRankPass(CompressionPass):
             return
         st.rank = rank
         st.macs = np.where(split, st.spatial * rank * (k_in + st.cout), st.macs)
-        (rows, cols), _ = st.parts
+        (rows, cols), *_ = st.parts
         st.parts = [(np.where(split, rank, rows), cols), (np.where(split, st.cout, 0.0), np.where(split, rank, 0.0))]
         st.mid = np.where(split, st.spatial * rank, 0.0)
 

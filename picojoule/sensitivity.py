@@ -500,6 +500,7 @@ def _label(kind: str, choice: Any) -> str:
 def plot_sensitivity(sens: Sensitivity, path: str | Path) -> Path:
     """Layers (rows) against choices (columns, grouped by knob kind) coloured by loss increase on a log scale;
     ranks differ per layer, so rank columns are each layer's ranks, smallest first (r#1, r#2, ...)."""
+    from matplotlib import colormaps
     from matplotlib.colors import LogNorm
 
     from picojoule.plots import new_figure
@@ -523,9 +524,8 @@ def plot_sensitivity(sens: Sensitivity, path: str | Path) -> Path:
     fig = new_figure(figsize=(max(6.0, 0.28 * len(columns) + 3), max(3.0, 0.3 * len(layers) + 1.8)))
     ax = fig.add_subplot(1, 1, 1)
     masked = np.ma.masked_invalid(np.clip(grid, vmin, None))
-    image = ax.imshow(masked, aspect="auto", norm=LogNorm(vmin=vmin, vmax=vmax), cmap="viridis",
-                      interpolation="nearest")
-    image.cmap.set_bad("white")
+    image = ax.imshow(masked, aspect="auto", norm=LogNorm(vmin=vmin, vmax=vmax),
+                      cmap=colormaps["viridis"].with_extremes(bad="white"), interpolation="nearest")
     ax.set_yticks(range(len(layers)), layers, fontsize=7)
     ax.set_xticks(range(len(columns)), [_label(k, c) for k, c in columns], rotation=90, fontsize=7)
     kinds = [k for k in KNOB_KINDS if any(kind == k for kind, _ in columns)]

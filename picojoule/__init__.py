@@ -41,6 +41,8 @@ _LAZY = {
     "PASSES": "picojoule.passes",
     "CompressionPass": "picojoule.passes",
     "SearchResult": "picojoule.search.engine",
+    "Sensitivity": "picojoule.sensitivity",
+    "sensitivity": "picojoule.sensitivity",
 }
 
 __all__ = ["PicojouleError", "__version__", "search", *_LAZY]

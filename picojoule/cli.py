@@ -175,6 +175,45 @@ def _policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    from picojoule.data import load_dataset
+    from picojoule.graph import build_graph
+    from picojoule.models import load_torch_model
+    from picojoule.sensitivity import sensitivity
+    from picojoule.spaces.space import Space
+    from picojoule.yamlfile import read_yaml
+
+    model, example = load_torch_model(args.model, args.weights)
+    overrides = read_yaml(args.overrides, "space overrides") if args.overrides else None
+    space = Space(build_graph(model, example, name=Path(args.model).stem), args.target, overrides,
+                  args.overrides or "space")
+    source = args.data or ("digits" if args.model == "digits" else None)
+    if source is None:
+        raise PicojouleError("sensitivity: --data is required (its train split is sampled; a .npz, an ImageFolder "
+                             "directory or a dataset hook)")
+    data = load_dataset({"source": source, "split": "train"})
+    out = Path(args.out) if args.out else Path("runs") / f"sensitivity-{space.graph.name}-{space.target.name}"
+    if out.exists() and not out.is_dir():
+        raise PicojouleError(f"{out}: --out: expected a directory, got a file")
+    sens = sensitivity(model, example, space, data, images=args.images, calib_images=args.calib_images,
+                       hessian_iters=args.hessian_iters, hessian_tol=args.hessian_tol, seed=args.seed,
+                       cache_dir=out, progress=not (args.json or args.quiet))
+    png = sens.plot(out / "sensitivity.png")
+    if args.json:
+        print(json.dumps({**sens.to_dict(), "json": str(out / "sensitivity.json"), "png": str(png)}, indent=1))
+        return 0
+    print(f"{sens.model} on {sens.target}: float loss {sens.info['float_loss']:.4f} on "
+          f"{sens.info['key']['settings']['images']} training images"
+          + (" (cached)" if sens.cached else ""))
+    print(f"{'layer':24s} {'knob':8s} {'choice':>7s} {'loss incr.':>11s} {'KL':>10s} {'Hessian tr':>11s}")
+    for r in sens.table:
+        trace = f"{r['trace']:11.4g}" if r.get("trace") is not None else f"{'-':>11s}"
+        print(f"{r['layer'][:24]:24s} {r['kind']:8s} {r['choice']:>7g} {r['loss_increase']:11.4g} "
+              f"{r['kl']:10.4g} {trace}")
+    print(f"wrote {out / 'sensitivity.json'} and {png}")
+    return 0
+
+
 def yaml_dump(data: Any) -> str:
     import yaml
 
@@ -278,6 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="picojoule: this engine (default); ray-tune: ray.tune.Tuner with OptunaSearch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
+    p = sub.add_parser("sensitivity", help="loss increase, KL and Hessian trace of each knob choice, one layer at a time")
+    p.add_argument("model", help="zoo name, 'digits' or 'package.module:function'")
+    p.add_argument("--weights", help="pretrained weights (state_dict file) for the model")
+    p.add_argument("--data", help="labelled data whose train split is sampled: .npz, ImageFolder dir or a hook")
+    p.add_argument("--target", required=True, help="target name or a target .yaml (its search space)")
+    p.add_argument("--overrides", help="YAML that narrows or widens the space")
+    p.add_argument("--images", type=int, default=256, help="validation images drawn from the train split")
+    p.add_argument("--calib-images", type=int, default=256, help="calibration / BN images (other train images)")
+    p.add_argument("--hessian-iters", type=int, default=50, help="Hutchinson iterations at most (0: no trace)")
+    p.add_argument("--hessian-tol", type=float, default=1e-2, help="stop when every trace moves less than this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="directory for sensitivity.json (the cache) and sensitivity.png")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sensitivity)
     from picojoule.compilers.commands import add_parsers
 
     add_parsers(sub)  # compile, calibrate

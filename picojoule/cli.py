@@ -251,7 +251,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"picojoule: interrupted; finished trials are in {out}/journal.log: "
               f"continue with 'picojoule search --resume {out}'", file=sys.stderr)
         return 130
-    print(f"{len(result.records)} trials, {len(result.front)} on the feasible Pareto front; "
+    print(f"{sum(r.counted for r in result.records)} trials, {len(result.front)} on the feasible Pareto front; "
           f"report: {result.outputs.get('report', out / 'report.md')}")
     return 0
 

@@ -91,7 +91,8 @@ def test_own_module_dataloader_and_metric_in_memory(tiny, tmp_path: Path, monkey
     assert res.best("accuracy").metrics["accuracy"] == max(r.metrics["accuracy"] for r in res.front)
     assert res.best("energy").metrics["energy"] == min(r.metrics["energy"] for r in res.front)
     frame = res.to_dataframe()
-    assert len(frame) == 12 and {"accuracy", "energy", "latency", "state", "feasible"} <= set(frame.columns)
+    assert frame["duplicate_of"].isna().sum() == 12  # a repeated policy is a row, not a trial
+    assert {"accuracy", "energy", "latency", "state", "feasible"} <= set(frame.columns)
     assert frame["on_front"].sum() == len(res.front)
     text = repr(res)
     assert len(text) < 2000 and "12 trials" in text and "macro F1" in text and text == str(res)
@@ -143,8 +144,9 @@ def test_ddpg_in_memory(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_callable_top1_equals_the_config_top1_path(tmp_path: Path) -> None:
-    """The digits config through run_search (top-1 on its test split, its train split calibrating) and the same
-    objects through picojoule.search (top-1 as a callable, the train split as a DataLoader): the same trials."""
+    """The digits config through run_search (top-1 on its validation split selecting and on its test split
+    reporting, the rest of its train split calibrating) and the same objects through picojoule.search (top-1 on
+    each as evaluate and test_evaluate, the calibration split as a DataLoader): the same trials and reports."""
     config = {"model": "digits", "target": "eyeriss", "cost_model": "eyeriss", "constraints": [BOUND],
               "objectives": ["maximise accuracy", "minimise energy"], "space": SPACE, "trials": 8,
               "strategy_options": {"population_size": 4}, "evaluation": {"calibration_images": 128}}
@@ -152,16 +154,18 @@ def test_callable_top1_equals_the_config_top1_path(tmp_path: Path) -> None:
     problem = build_problem(config_from_dict(config))
     calib = problem.data.calibration
     loader = DataLoader(TensorDataset(next(calib.batches(len(calib)))[0]), batch_size=97)
-    res = pj.search(problem.model, problem.example, "eyeriss", evaluate=partial(accuracy, data=problem.data.test),
-                    calib_data=loader, name="digits_cnn", progress=False,
+    res = pj.search(problem.model, problem.example, "eyeriss",
+                    evaluate=partial(accuracy, data=problem.data.validation),
+                    test_evaluate=partial(accuracy, data=problem.data.test), calib_data=loader, name="digits_cnn", progress=False,
                     **{k: v for k, v in config.items() if k not in ("model", "target")})
 
     def summary(r):
-        return [(t.number, t.key, t.metrics.get("accuracy", np.nan)) for t in r.records]
+        return [(t.number, t.key, t.metrics.get("accuracy", np.nan), t.metrics.get("test_accuracy", np.nan))
+                for t in r.records]
 
     assert stored.baselines == res.baselines
     np.testing.assert_equal(summary(res), summary(stored))
-    assert any(t.evaluated for t in res.records)
+    assert any(t.evaluated for t in res.records) and all("test_accuracy" in t.metrics for t in res.front)
 
 
 def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -29,6 +29,7 @@ CALIB_LIMIT = 2048
 def search(
     model: Any, example: Any = None, target: Any = "eyeriss", *,
     evaluate: Callable[[Any], float] | None = None,
+    test_evaluate: Callable[[Any], float] | None = None,
     calib_data: Iterable[Any] | None = None,
     train_data: Any = None,
     objectives: Sequence[str] | None = None,
@@ -64,7 +65,10 @@ def search(
     called in eval mode without gradients. Its value is reported as ``accuracy``: objectives and constraints
     name it so (``maximise accuracy``, ``accuracy_drop <= 1``, the drop being 100 x (the fp32 model's value -
     the policy's), i.e. percentage points for a metric in [0, 1]); ``metric_name`` names it in the summary.
-    ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}``.
+    ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}``. ``evaluate`` is what selects:
+    give it validation data, not the data you report on. ``test_evaluate(compressed_model) -> float``, if given,
+    measures the Pareto front (so every winner) and the baselines once each after the search, on your test data,
+    as ``test_accuracy`` (in the summary, ``to_dataframe()`` and result.json); it never steers the search.
 
     ``objectives`` default to maximise accuracy and minimise energy with ``evaluate``, minimise energy without.
     ``storage`` None runs in memory (an Optuna in-memory study: no files, no lock); a path is a run directory
@@ -80,7 +84,7 @@ def search(
         workers=workers, ray_address=ray_address, evaluation=evaluation or {}, batch=batch, carbon=carbon or {})
     run_dir = Path(storage) if storage is not None else None
     check_run(settings, SOURCE, run_dir, resume)
-    problem = _problem(settings, model, example, target, evaluate, calib_data, train_data, name)
+    problem = _problem(settings, model, example, target, evaluate, calib_data, train_data, name, test_evaluate)
     return run_problem(problem, run_dir, resume, progress, callbacks, metric_name)
 
 
@@ -89,7 +93,7 @@ def _settings(**fields: Any) -> SearchSettings:
 
 
 def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, evaluate: Any, calib_data: Any,
-             train_data: Any, name: str | None) -> Any:
+             train_data: Any, name: str | None, test_evaluate: Any = None) -> Any:
     """The Problem of the given objects (imports torch)."""
     from torch import nn
 
@@ -122,8 +126,11 @@ def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, ev
         if calib_data is None:
             raise PicojouleError(f"{SOURCE}: calib_data: needed to calibrate activations and re-estimate BatchNorm "
                                  "(a DataLoader, an iterable of batches x or (x, y), or an ArrayDataset)")
+        if test_evaluate is not None and not callable(test_evaluate):
+            raise PicojouleError(f"{SOURCE}: test_evaluate: expected a callable(model) -> float")
         if settings.evaluation.finetune_steps and train_data is None:
             raise PicojouleError(f"{SOURCE}: train_data: required for evaluation finetune_steps > 0")
         limit = max(CALIB_LIMIT, settings.evaluation.calibration_images)
         data = Datasets(None, as_calibration(calib_data, limit), train_data)
-    return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None)
+    return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None,
+                        test_evaluate if data else None)

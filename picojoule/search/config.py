@@ -5,9 +5,11 @@
     model: digits                 # 'digits' (the offline default), a zoo name, an .onnx path (cost only) or
                                   # package.module:function returning (model, example input)
     weights: null                 # a state_dict file (zoo), or the argument a module:function is called with
-    data: digits                  # per split, {test: <spec>, calibration: <spec>, train: <spec>} (train only
-    #   to fine-tune), each a picojoule.data.load_dataset spec; 'digits' or an .npz path alone means its
-    #   test split for test and its train split for calibration and train
+    data: digits                  # per split, {test: <spec>, validation: <spec>, calibration: <spec>, train: <spec>}
+    #   (train only to fine-tune), each a picojoule.data.load_dataset spec; 'digits' or an .npz path alone means
+    #   its test split for test and its train split for calibration and train. validation (what selects) is a
+    #   spec, or by default {carve: train, images: null}: a seeded random draw of min(1000, half) of that split's
+    #   images, removed from calibration and train
     target: eyeriss               # a bundled target name or a target .yaml
     cost_model: eyeriss           # roofline | eyeriss
     objectives: [maximise accuracy, minimise energy]     # accuracy, energy, latency, size, co2e, macs, params
@@ -57,13 +59,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: images a carved validation split takes at most by default (and at most half of the split it is carved from)
+VALIDATION_IMAGES = 1000
+
+
+class CarveConfig(_Strict):
+    """A validation split drawn from another split with the config's seed; the drawn images leave every split
+    loaded from the same dataset spec (calibration and train in the shorthand), so they stay unseen."""
+
+    carve: Literal["train", "calibration", "test"] = Field(
+        "train", description="the split to draw from ('train' falls back to calibration when there is no train)")
+    images: int | None = Field(None, ge=1, description=f"images drawn (default: min({VALIDATION_IMAGES}, half))")
+
+
 class DataConfig(_Strict):
-    """The dataset of each split: ``test`` measures accuracy, ``calibration`` sets activation ranges and
-    BatchNorm statistics, ``train`` feeds the fine-tune (relative paths are from the working directory)."""
+    """The dataset of each split: ``validation`` measures every candidate's accuracy (what selects), ``test``
+    measures the Pareto front, winners and baselines once after the search (what is reported), ``calibration``
+    sets activation ranges and BatchNorm statistics, ``train`` feeds the fine-tune (relative paths are from the
+    working directory)."""
 
     test: DatasetSpec
     calibration: DatasetSpec
     train: DatasetSpec | None = None
+    validation: CarveConfig | DatasetSpec = Field(default_factory=CarveConfig, union_mode="left_to_right")
 
     @model_validator(mode="before")
     @classmethod
@@ -71,11 +89,13 @@ class DataConfig(_Strict):
         """``digits`` or an .npz (a string, or a mapping with 'source') stands for its test and train splits."""
         if isinstance(data, str) or (isinstance(data, dict) and "source" in data):
             base = {"source": data} if isinstance(data, str) else dict(data)
+            validation = base.pop("validation", None)
             if "split" in base or not (base["source"] == DIGITS or str(base["source"]).endswith(".npz")):
                 raise ValueError("one dataset spec stands for all splits only for 'digits' or an .npz file with "
                                  "x_test/x_train: give {test: <spec>, calibration: <spec>, train: <spec>}")
-            return {"test": {**base, "split": "test"}, "calibration": {**base, "split": "train"},
-                    "train": {**base, "split": "train"}}
+            splits = {"test": {**base, "split": "test"}, "calibration": {**base, "split": "train"},
+                      "train": {**base, "split": "train"}}
+            return splits if validation is None else {**splits, "validation": validation}
         return data
 
 

@@ -6,8 +6,15 @@ mapping) both build a :class:`~picojoule.search.problem.Problem` and call it.
 Two stages per trial. Every proposed policy is priced by the vectorised cost model (microseconds); one
 that breaks a hardware constraint is told infeasible at once, with the accuracy it was never measured at
 taken as 0 (so an accuracy constraint counts as broken too). Only policies that meet every hardware bound
-go to the accuracy stage (apply, calibrate, optionally re-estimate BatchNorm and fine-tune, test), in this
-process or on Ray actors. A policy measured before is not measured again.
+go to the accuracy stage (apply, calibrate, optionally re-estimate BatchNorm and fine-tune, measure on the
+validation split), in this process or on Ray actors.
+
+A policy tried before is neither measured nor counted again: the strategy is told the first trial's result (so
+it learns), the trial is stored with ``duplicate_of`` and the strategy is asked again; after
+:data:`REPEAT_PATIENCE` repeats in a row the engine queues an untried policy drawn at random (``drawn``), and a
+search that has tried every policy of the space stops. After the search the Pareto front (so every winner) and
+the baselines are measured once each on the test split (:func:`measure_test`); what selects is the validation
+accuracy, what is reported beside it the test accuracy.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +35,8 @@ from picojoule.search.baselines import REPORT_BASELINES, baseline_policy
 from picojoule.search.config import SearchConfig, SearchSettings, resolve_config
 from picojoule.search.constraints import all_hold
 from picojoule.search.executors import Executor, SerialExecutor, safe_evaluate
-from picojoule.search.journal import (TrialRecord, knob_params, open_study, quiet_optuna, read_records,
-                                      recover_interrupted)
+from picojoule.search.journal import (TEST_ACCURACY, TrialRecord, knob_params, open_study, quiet_optuna,
+                                      read_records, recover_interrupted)
 from picojoule.search.metrics import METRICS, accuracy_metrics, format_value
 from picojoule.search.pareto import RunningFront, pareto_front
 from picojoule.search.problem import Evaluator, Problem, build_problem
@@ -39,6 +47,8 @@ from picojoule.policy import Policy
 from picojoule.yamlfile import read_yaml
 
 Callback = Callable[[TrialRecord], None]
+#: repeats of tried policies in a row after which the engine queues an untried policy drawn at random
+REPEAT_PATIENCE = 8
 
 
 @dataclass(repr=False)
@@ -110,12 +120,14 @@ class SearchResult:
         counted = [r for r in self.records if r.counted]
         feasible = sum(r.feasible for r in counted)
         failed = sum(r.state == "fail" for r in counted)
-        name = lambda m: self.metric_name if m == "accuracy" else m  # noqa: E731
+        name = self._name
         where = f"run directory {self.run_dir}" if self.run_dir else "in memory"
         lines = [f"SearchResult: {self.problem.graph.name} on {self.problem.target.name} ({self.config.strategy}, "
                  f"{self.config.cost_model} cost model, {where})",
                  f"  {len(counted)} trials: {feasible} feasible, {len(counted) - feasible - failed} infeasible, "
-                 f"{failed} failed; Pareto front: {len(self.front)}"]
+                 f"{failed} failed; Pareto front: {len(self.front)}; {self.repeats_line()}"]
+        if self.config.needs_accuracy:
+            lines.append(f"  {self.metric_name}: {self.splits_line()}")
         for label, r in self.winners.items():
             o = label.split()[-1]
             lines.append(f"  best {name(o)}: {format_value(o, r.metrics.get(o, math.nan))} (trial {r.number}; "
@@ -130,7 +142,32 @@ class SearchResult:
 
     def _shown(self) -> list[str]:
         objectives = [o.metric for o in self.problem.objectives]
-        return list(dict.fromkeys([*objectives, *(c.metric for c in self.problem.program)]))
+        shown = list(dict.fromkeys([*objectives, *(c.metric for c in self.problem.program)]))
+        return [*shown, TEST_ACCURACY] if self.tested and "accuracy" in shown else shown
+
+    def _name(self, metric: str) -> str:
+        if not self.config.needs_accuracy or metric not in ("accuracy", TEST_ACCURACY):
+            return metric
+        return f"{self.metric_name} ({'test' if metric == TEST_ACCURACY else 'validation'})"
+
+    @property
+    def tested(self) -> bool:
+        """Whether the front and baselines were measured on the test split after the search."""
+        return TEST_ACCURACY in self.baselines.get("fp32", {})
+
+    def splits_line(self) -> str:
+        """What selects (validation) and what reports (test), with the images behind each."""
+        splits = self.problem.splits()
+        val, test = splits.get("validation", {}), splits.get("test", {})
+        return (f"selected on validation ({val.get('source', 'the evaluate callable')}), reported on test "
+                f"({test.get('source', 'not measured')})")
+
+    def repeats_line(self) -> str:
+        """How many proposals repeated a tried policy (told from the journal, not counted) and how many policies
+        the engine drew at random instead."""
+        repeats = sum(r.duplicate_of is not None for r in self.records)
+        drawn = sum(r.drawn is not None for r in self.records)
+        return f"{repeats} repeated proposals not counted, {drawn} drawn at random after {REPEAT_PATIENCE} repeats"
 
     def __str__(self) -> str:
         return self.summary()
@@ -222,13 +259,16 @@ class _Loop:
         self.needs_accuracy = problem.config.needs_accuracy
         self.reference = baselines["fp32"].get("accuracy", math.nan)
         self.front = RunningFront(problem.objectives, self.needs_accuracy)
-        self.cache: dict[tuple[int, ...], float] = {}
+        self.tried: dict[tuple[int, ...], TrialRecord] = {}  # each counted policy's (first) trial
+        self.pending: dict[tuple[int, ...], list[tuple[Any, np.ndarray, dict]]] = {}  # in flight -> its repeats
+        self.repeats, self.exhausted = 0, False  # repeats in a row; every policy of the space tried
         self.counts = {"infeasible": 0, "failed": 0}
         self.new_trials = self.evaluations = 0
 
     def run(self, records: list[TrialRecord]) -> None:
         for r in records:
             self._note(r)
+        self.rng = np.random.default_rng((self.problem.config.seed, len(records)))
         done, total = sum(r.counted for r in records), self.problem.config.trials
         bar = tqdm(total=total, initial=min(done, total), desc=f"search ({self.problem.config.strategy})",
                    unit="trial", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
@@ -236,16 +276,19 @@ class _Loop:
         self._postfix()
         ex = self.executor
         try:
-            while done < total:
-                room = min(ex.capacity - ex.in_flight, total - done - ex.in_flight)
+            while done < total and not (self.exhausted and ex.in_flight == 0):
+                room = 0 if self.exhausted else min(ex.capacity - ex.in_flight, total - done - ex.in_flight)
                 if room > 0:
                     done += self._propose(room)
-                    if ex.in_flight < ex.capacity and done + ex.in_flight < total:
+                    if ex.in_flight < ex.capacity and done + ex.in_flight < total and not self.exhausted:
                         continue
                 for (handle, vec, metrics), result, error in ex.collect():
                     self.evaluations += 1
                     self._finish(handle, vec, metrics, result, error)
                     done += 1
+                    first = self.tried[tuple(int(x) for x in vec)]
+                    for repeat in self.pending.pop(first.key, []):  # proposed again while it was measured
+                        self._repeat(*repeat, first)
         finally:
             bar.close()
 
@@ -260,25 +303,57 @@ class _Loop:
         for i, (handle, vec) in enumerate(asked):
             metrics = {m: float(v[i]) for m, v in costs.items()}
             key = tuple(int(x) for x in vec)
+            if key in self.tried or key in self.pending:
+                if key in self.tried:
+                    self._repeat(handle, vec, metrics, self.tried[key])
+                else:  # its first trial is being measured: told when that one finishes
+                    self.pending[key].append((handle, vec, metrics))
+                self.repeats += 1
+                if self.repeats >= REPEAT_PATIENCE:
+                    self._draw_untried()
+                continue
+            self.repeats = 0
             if not (self.needs_accuracy and hw_ok[i]):
                 self._finish(handle, vec, metrics, None, None)
-            elif key in self.cache:
-                self._finish(handle, vec, metrics, {"accuracy": self.cache[key], "cached": True}, None)
+                told += 1
             else:
+                self.pending[key] = []
                 self.executor.submit((handle, vec, metrics), self.problem.space.decode(vec))
-                continue
-            told += 1
         return told
 
+    def _repeat(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], first: TrialRecord) -> None:
+        """Tell a repeat of a tried policy that trial's result (not counted against the budget)."""
+        result = {"accuracy": first.metrics["accuracy"], "cached": True} if first.evaluated else None
+        self._finish(handle, vec, metrics, result, first.error if first.state == "fail" else None, first.number)
+
+    def _draw_untried(self) -> None:
+        """Queue a policy no trial has tried, drawn at random (the strategy only repeated itself); when none is
+        left the search stops."""
+        self.repeats = 0
+        space = self.problem.space
+        sizes = [len(k.choices) for k in space.knobs]
+        taken = self.tried.keys() | self.pending.keys()
+        vec = next((v for v in (self.rng.integers(0, sizes) for _ in range(100)) if tuple(map(int, v)) not in taken),
+                   None)
+        if vec is None and math.prod(sizes) <= 1_000_000:  # a small space nearly all tried: pick from what is left
+            left = [v for v in np.ndindex(*sizes) if v not in taken]
+            vec = np.asarray(left[self.rng.integers(len(left))]) if left else None
+            self.exhausted = not left
+        if vec is not None:
+            self.strategy.study.enqueue_trial(knob_params(space, vec), user_attrs={
+                "drawn": f"at random: the strategy proposed {REPEAT_PATIENCE} tried policies in a row"})
+
     def _finish(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], result: dict | None,
-                error: str | None) -> None:
-        """Tell the strategy how the trial went; note it for the bar, the cache and the callbacks."""
+                error: str | None, duplicate_of: int | None = None) -> None:
+        """Tell the strategy how the trial went; note it for the bar, the tried policies and the callbacks."""
         full, objectives, constraints = score(self.problem, self.bounds, self.reference, metrics, result)
         attrs: dict[str, Any] = {"metrics": jsonable(full), "evaluated": result is not None}
+        if duplicate_of is not None:
+            attrs["duplicate_of"] = duplicate_of
         if error:
             attrs["error"] = error
             self.strategy.tell(handle, [], {}, failed=True, attrs=attrs)
-            record = TrialRecord(handle.number, "fail", vec, full, {}, False, error)
+            record = TrialRecord(handle.number, "fail", vec, full, {}, False, error, duplicate_of=duplicate_of)
         else:
             if result and not result.get("cached"):
                 attrs["eval_seconds"] = result["seconds"]
@@ -287,17 +362,17 @@ class _Loop:
                     attrs[key] = result[key]
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
             record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None,
-                                 node=attrs.get("node"))
-        self.new_trials += 1
+                                 node=attrs.get("node"), duplicate_of=duplicate_of)
+        self.new_trials += record.counted
         self._note(record)
-        self.bar.update(1)
+        self.bar.update(int(record.counted))
         self._postfix()
         for callback in self.callbacks:
             callback(record)
 
     def _note(self, record: TrialRecord) -> None:
-        if record.state == "complete" and record.evaluated and not math.isnan(record.metrics.get("accuracy", math.nan)):
-            self.cache.setdefault(record.key, record.metrics["accuracy"])
+        if record.counted and record.vec is not None:
+            self.tried.setdefault(record.key, record)
         if record.counted:
             self.counts["failed"] += record.state == "fail"
             self.counts["infeasible"] += record.state == "complete" and not record.feasible
@@ -411,6 +486,39 @@ def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool
     return finish_run(run_dir, problem, study, baselines, bounds, loop.new_trials, loop.evaluations, metric_name)
 
 
+def measure_test(problem: Problem, study: Any, front: Sequence[TrialRecord], baselines: dict) -> int:
+    """Measure on the test split, once each, the front's policies (so every winner) and the baselines that have
+    none stored yet; store them in the study (``test_accuracy``) and in each record's metrics. A resumed run keeps
+    what earlier sessions measured. Returns how many were measured."""
+    if not problem.config.needs_accuracy or problem.data is None:
+        return 0
+    evaluator = problem.evaluator()
+    if not evaluator.has_test:
+        return 0
+    on_test = partial(evaluator, split="test")
+    stored = dict(study.user_attrs.get(TEST_ACCURACY) or {})
+    measured = 0
+    for r in front:
+        if str(r.number) not in stored:
+            result, error = safe_evaluate(on_test, problem.space.decode(r.vec))  # type: ignore[arg-type]
+            if error:
+                continue  # it told a validation accuracy: a test failure is reported as not measured
+            stored[str(r.number)] = result["accuracy"]
+            measured += 1
+        r.metrics[TEST_ACCURACY] = stored[str(r.number)]
+    if measured:
+        study.set_user_attr(TEST_ACCURACY, stored)
+    missing = [n for n, m in baselines.items() if "accuracy" in m and TEST_ACCURACY not in m]
+    for name in missing:
+        result, error = safe_evaluate(on_test, baseline_policy(name, problem.graph))  # type: ignore[arg-type]
+        if error:
+            raise PicojouleError(f"{problem.source}: baseline '{name}' cannot be evaluated on the test split: {error}")
+        baselines[name][TEST_ACCURACY] = result["accuracy"]
+    if missing:
+        study.set_user_attr("baselines", baselines)
+    return measured + len(missing)
+
+
 def finish_run(run_dir: Path | None, problem: Problem, study: Any, baselines: dict, bounds: dict, new_trials: int,
                evaluations: int, metric_name: str = "accuracy") -> SearchResult:
     """Read every trial back from the study, find the front (each trial with its policy) and, if the search is
@@ -419,6 +527,7 @@ def finish_run(run_dir: Path | None, problem: Problem, study: Any, baselines: di
 
     records = read_records(study, problem.space)
     front = pareto_front(records, problem.objectives, problem.config.needs_accuracy)
+    measure_test(problem, study, front, baselines)
     result = SearchResult(run_dir, problem, records, front, baselines, bounds, new_trials, evaluations, study,
                           metric_name=metric_name)
     for r in front:

@@ -3,8 +3,12 @@
 
 Every trial is stored with its knob indices as integer params (one per knob, named like the knob) and, as
 user attributes, its ``metrics`` (SI units; accuracy null where it was not measured), whether it was
-``evaluated`` for accuracy, and any ``error``. Study user attributes hold the baselines' metrics. Everything
-the reports show is read back from here, so a resumed run reports the trials of every session.
+``evaluated`` for accuracy, and any ``error``; a policy proposed again carries ``duplicate_of`` (the trial that
+first tried it; told that trial's result, not counted against the budget), and one drawn at random after a run of
+repeats says so in ``drawn``. Study user attributes hold the baselines' metrics and ``test_accuracy`` (trial
+number -> top-1 on the test split, measured once after the search for the Pareto front), read back as the
+``test_accuracy`` metric. Everything the reports show is read back from here, so a resumed run reports the trials
+of every session.
 
 A trial a killed process left RUNNING is failed on resume (a failed trial without an ``error`` is an
 *interrupted* one), and its params are enqueued once more (``retry_of``); a retry that is interrupted
@@ -35,6 +39,8 @@ from picojoule.policy import Policy
 from picojoule.spaces.space import Space
 
 STUDY_NAME = "picojoule"
+#: study user attribute: trial number (as a string) -> accuracy on the test split
+TEST_ACCURACY = "test_accuracy"
 JOURNAL = "journal.log"
 _STATES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "fail", TrialState.RUNNING: "running",
            TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned"}
@@ -143,6 +149,8 @@ class TrialRecord:
     interrupted: bool = False
     warm_start: str | None = None
     node: str | None = None  # the id of the Ray node that measured it (workers: N)
+    duplicate_of: int | None = None  # the trial that first tried this policy (this one is not counted)
+    drawn: str | None = None  # why the engine drew this policy instead of the strategy
     policy: Policy | None = field(default=None, repr=False)  # set on a finished search's Pareto-front trials
 
     @property
@@ -151,30 +159,34 @@ class TrialRecord:
 
     @property
     def counted(self) -> bool:
-        """Whether this trial spends one of the budget's trials."""
-        return self.state in ("complete", "fail", "pruned") and not self.interrupted
+        """Whether this trial spends one of the budget's trials (a repeat of a tried policy does not)."""
+        return self.state in ("complete", "fail", "pruned") and not self.interrupted and self.duplicate_of is None
 
     @property
     def key(self) -> tuple[int, ...]:
         return tuple(int(i) for i in self.vec) if self.vec is not None else ()
 
 
-def _record(trial: FrozenTrial, space: Space) -> TrialRecord:
+def _record(trial: FrozenTrial, space: Space, tests: dict[str, float]) -> TrialRecord:
     attrs = trial.user_attrs
     names = [k.name for k in space.knobs]
     vec = np.asarray([trial.params[n] for n in names], dtype=np.int64) if all(n in trial.params for n in names) \
         else None
     metrics = {k: (math.nan if v is None else float(v)) for k, v in (attrs.get("metrics") or {}).items()}
+    if str(trial.number) in tests:
+        metrics[TEST_ACCURACY] = float(tests[str(trial.number)])
     return TrialRecord(
         number=trial.number, state=_STATES.get(trial.state, trial.state.name.lower()), vec=vec, metrics=metrics,
         constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
         retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
-        warm_start=attrs.get("warm_start"), node=attrs.get("node"))
+        warm_start=attrs.get("warm_start"), node=attrs.get("node"), duplicate_of=attrs.get("duplicate_of"),
+        drawn=attrs.get("drawn"))
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:
-    """Every trial of the study, in trial-number order."""
-    return [_record(t, space) for t in study.get_trials(deepcopy=False)]
+    """Every trial of the study, in trial-number order (with its test accuracy where it was measured)."""
+    tests = study.user_attrs.get(TEST_ACCURACY) or {}
+    return [_record(t, space, tests) for t in study.get_trials(deepcopy=False)]
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:

@@ -1,7 +1,9 @@
 """The figures a search can optimise or constrain, their directions and units, and how the cost model yields them.
 
-Units are SI base units throughout (J, s, bytes, g CO2e, MACs), except ``accuracy`` (a fraction in [0, 1])
-and ``accuracy_drop`` (percentage points below the float32 model's accuracy on the same test split).
+Units are SI base units throughout (J, s, bytes, g CO2e, MACs), except ``accuracy`` (a fraction in [0, 1],
+measured on the validation split: what a search selects on) and ``accuracy_drop`` (percentage points below the
+float32 model's accuracy on the same validation split). ``test_accuracy``, the same measurement on the test split
+after the search (front, winners and baselines only), is reported, never optimised or constrained.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def format_value(metric: str, value: float) -> str:
     """A human rendering with an SI prefix: ``3.2 µJ``, ``1.5 ms``, ``12.3 KB``, ``98.50%``."""
     if value is None or not np.isfinite(value):
         return "—"
-    if metric == "accuracy":
+    if metric in ("accuracy", "test_accuracy"):
         return f"{value * 100:.2f}%"
     if metric == "accuracy_drop":
         return f"{value:+.2f} pp"

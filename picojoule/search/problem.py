@@ -24,7 +24,8 @@ from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.target import Target, load_target
 from picojoule.policy import PolicyBatch
-from picojoule.search.config import DIGITS, EvaluationConfig, Objective, SearchConfig, SearchSettings
+from picojoule.search.config import (DIGITS, VALIDATION_IMAGES, CarveConfig, EvaluationConfig, Objective,
+                                      SearchConfig, SearchSettings)
 from picojoule.search.constraints import ConstraintProgram
 from picojoule.search.evaluate import InputBatches, Metric, check_data, evaluate_policy
 from picojoule.search.metrics import cost_metrics
@@ -45,18 +46,32 @@ def _field(source: str, field: str) -> Iterator[None]:
 
 @dataclass
 class Datasets:
-    test: ArrayDataset | None  # None: a metric callable measures the model
+    test: ArrayDataset | None  # None: a metric callable measures the model (test_metric, if any, reports)
     calibration: ArrayDataset | InputBatches | None
     train: ArrayDataset | None = None
+    validation: ArrayDataset | None = None  # what selects; None: a metric callable measures the model
+    #: how the validation split was made: {"from": split, "indices": drawn indices into it, "seed"}; None: given
+    carved: dict[str, Any] | None = None
+
+
+def carve_indices(n: int, images: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, the rest), both sorted: ``images`` (default min(1000, n // 2)) of ``n`` drawn at
+    random under ``seed``."""
+    take = min(VALIDATION_IMAGES, n // 2) if images is None else images
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:take]), np.sort(order[take:])
 
 
 def load_data(config: SearchConfig, source: str = "config") -> Datasets:
-    """The test, calibration and train splits the config names."""
+    """The test, validation, calibration and train splits the config names; a carved validation split is drawn
+    with the config's seed and removed from every split loaded from the same spec as the one it is drawn from."""
     data = config.data_config
     if data is None:
         raise PicojouleError(f"{source}: field 'data': required to measure accuracy")
+    carve = data.validation if isinstance(data.validation, CarveConfig) else None
+    names = ("test", "calibration", "train") if carve else ("test", "calibration", "train", "validation")
     loaded: dict[str, ArrayDataset | None] = {}
-    for split in ("test", "calibration", "train"):
+    for split in names:
         spec = getattr(data, split)
         if spec is None:
             loaded[split] = None
@@ -64,7 +79,20 @@ def load_data(config: SearchConfig, source: str = "config") -> Datasets:
         cached = next((loaded[s] for s in loaded if getattr(data, s) == spec), None)
         with _field(source, f"data.{split}"):
             loaded[split] = cached if cached is not None else load_dataset(spec)
-    return Datasets(**loaded)  # type: ignore[arg-type]
+    if carve is None:
+        return Datasets(**loaded)  # type: ignore[arg-type]
+    origin = "calibration" if carve.carve == "train" and data.train is None else carve.carve
+    pool = loaded[origin]
+    assert pool is not None
+    if carve.images is not None and carve.images >= len(pool):
+        raise PicojouleError(f"{source}: field 'data.validation.images': {carve.images} images would leave none "
+                             f"of the {len(pool)} in data.{origin}")
+    drawn, rest = carve_indices(len(pool), carve.images, config.seed)
+    for split in names:  # every split read from the origin's spec loses the drawn images
+        if loaded[split] is not None and getattr(data, split) == getattr(data, origin):
+            loaded[split] = loaded[split].subset(rest)
+    return Datasets(**loaded, validation=pool.subset(drawn),  # type: ignore[arg-type]
+                    carved={"from": origin, "indices": drawn, "seed": config.seed})
 
 
 def load_model(config: SearchConfig, source: str = "config") -> tuple[nn.Module | None, torch.Tensor | None]:
@@ -83,27 +111,38 @@ def load_model(config: SearchConfig, source: str = "config") -> tuple[nn.Module 
 
 class Evaluator:
     """Accuracy of a policy, by :func:`picojoule.search.evaluate.evaluate_policy` (apply, re-estimate BatchNorm
-    if pruned, calibrate activations, optionally fine-tune, then ``metric(compressed model)`` or else top-1 on the
-    test split). Holds the model and data once (a Ray actor wraps it). Deterministic under ``seed``: the
-    activation observers sample with torch's global RNG, so it is forked and seeded around each evaluation."""
+    if pruned, calibrate activations, optionally fine-tune, then measure). ``split="validation"`` (what the search
+    selects on) measures ``metric(compressed model)`` or else top-1 on the validation split; ``split="test"`` (the
+    report, after the search) ``test_metric`` or else top-1 on the test split. Holds the model and data once (a
+    Ray actor wraps it). Deterministic under ``seed``: the activation observers sample with torch's global RNG,
+    so it is forked and seeded around each evaluation (both splits see the same compressed model)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, graph: LayerGraph, data: Datasets,
-                 evaluation: EvaluationConfig, seed: int = 0, metric: Metric | None = None):
+                 evaluation: EvaluationConfig, seed: int = 0, metric: Metric | None = None,
+                 test_metric: Metric | None = None):
         self.model, self.example, self.graph, self.cfg, self.seed = model, example, graph, evaluation, seed
-        self.metric = metric
+        self.metric, self.test_metric = metric, test_metric
         test = data.test
         self.test = test.subset(evaluation.test_images) if test is not None and evaluation.test_images else test
-        self.calib, self.train = data.calibration, data.train
+        self.validation, self.calib, self.train = data.validation, data.calibration, data.train
 
     def __repr__(self) -> str:
         return f"Evaluator({type(self.model).__name__}, metric={getattr(self.metric, '__name__', 'top-1')})"
 
-    def __call__(self, policy: Policy) -> dict[str, Any]:
-        """``{"accuracy", "seconds", ...}`` of ``policy``."""
+    @property
+    def has_test(self) -> bool:
+        """Whether a test measurement exists (a test split, or a test metric)."""
+        return self.test_metric is not None or self.test is not None
+
+    def __call__(self, policy: Policy, split: str = "validation") -> dict[str, Any]:
+        """``{"accuracy", "seconds"}`` of ``policy`` on ``split`` (validation or test)."""
+        data, metric = (self.test, self.test_metric) if split == "test" else (self.validation, self.metric)
+        if data is None and metric is None:
+            raise PicojouleError(f"no {split} data or metric to measure accuracy on")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             _, result = evaluate_policy(
-                self.model, self.example, policy, self.test, metric=self.metric, graph=self.graph,
+                self.model, self.example, policy, data, metric=metric, graph=self.graph,
                 calib_data=self.calib, train_data=self.train,
                 calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
                 finetune_steps=self.cfg.finetune_steps, seed=self.seed)
@@ -124,7 +163,8 @@ class Problem:
     model: nn.Module | None = None
     example: torch.Tensor | None = None
     data: Datasets | None = None
-    metric: Metric | None = None  # measures a compressed model (reported as accuracy); None: top-1 on data.test
+    metric: Metric | None = None  # measures a compressed model (reported as accuracy); None: top-1 on validation
+    test_metric: Metric | None = None  # reports the front on test data after the search; None: top-1 on data.test
 
     def __repr__(self) -> str:
         return (f"Problem({self.graph.name} on {self.target.name}, {self.space.dim} knobs, "
@@ -144,27 +184,43 @@ class Problem:
         if self.model is None or self.data is None:
             raise PicojouleError(f"{self.source}: this search measures no accuracy")
         return Evaluator(self.model, self.example, self.graph, self.data, self.config.evaluation, self.config.seed,
-                         self.metric)
+                         self.metric, self.test_metric)
+
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """What the validation (selects) and test (reports) accuracies are measured on: per split its ``images``
+        (None: a metric callable) and a ``source`` in words."""
+        data = self.data
+        if data is None:
+            return {}
+        n_test = self.config.evaluation.test_images
+        test = None if data.test is None else min(len(data.test), n_test or len(data.test))
+        if data.carved:
+            where = f"{len(data.validation)} images drawn from data.{data.carved['from']} with seed {data.carved['seed']}"
+        else:
+            where = "data.validation" if data.validation is not None else "the evaluate callable"
+        return {"validation": {"images": None if data.validation is None else len(data.validation), "source": where},
+                "test": {"images": test, "source": f"{test} images of data.test" if test is not None
+                         else "the test_evaluate callable" if self.test_metric is not None else "not measured"}}
 
 
 def make_problem(settings: SearchSettings, source: str, graph: LayerGraph, target: Target,
                  model: nn.Module | None = None, example: torch.Tensor | None = None, data: Datasets | None = None,
-                 metric: Metric | None = None) -> Problem:
+                 metric: Metric | None = None, test_metric: Metric | None = None) -> Problem:
     """The problem of searching ``graph`` on ``target`` as ``settings`` say, with the space they override."""
     space = Space.build(graph, target, settings.space, source=f"{source}: field 'space'")
     if space.dim == 0:
         raise PicojouleError(f"{source}: field 'space': nothing to search: every knob of '{graph.name}' is fixed")
     return Problem(settings, source, graph, target, space, settings.program, settings.objective_list, model,
-                   example, data, metric)
+                   example, data, metric, test_metric)
 
 
 def build_problem(config: SearchConfig, source: str = "config") -> Problem:
     """Load the model, its graph, the target and (if accuracy matters) the data the config names; top-1 on the
-    test split measures accuracy."""
+    validation split selects, top-1 on the test split reports."""
     data = load_data(config, source) if config.needs_accuracy else None
     model, example = load_model(config, source)
     if model is not None and data is not None:
-        check_data(model, example, data.test, data.calibration, data.train)
+        check_data(model, example, data.test, data.validation, data.calibration, data.train)
     with _field(source, "model"):
         if model is None:
             graph = build_graph(config.model)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from picojoule.search.constraints import all_hold
-from picojoule.search.journal import TrialRecord
+from picojoule.search.journal import TEST_ACCURACY, TrialRecord
 from picojoule.search.metrics import METRICS, format_value
 
 if TYPE_CHECKING:
@@ -23,9 +23,21 @@ RESULT_FILE = "result.json"
 
 
 def shown_metrics(result: SearchResult) -> list[str]:
-    """The metrics a table shows: accuracy (if measured) and every hardware figure but params."""
+    """The metrics a table shows: accuracy on validation and its drop (if measured), accuracy on test (if reported)
+    and every hardware figure but params."""
     acc = ["accuracy", "accuracy_drop"] if result.config.needs_accuracy else []
-    return acc + ["energy", "latency", "size", "co2e", "macs"]
+    return acc + ([TEST_ACCURACY] if result.tested else []) + ["energy", "latency", "size", "co2e", "macs"]
+
+
+def column(result: SearchResult, metric: str) -> str:
+    """A table's heading of ``metric``: the accuracies name their split and its images."""
+    if metric == "accuracy_drop":
+        return "accuracy_drop (validation)"
+    split = {"accuracy": "validation", TEST_ACCURACY: "test"}.get(metric)
+    if split is None:
+        return metric
+    images = result.problem.splits().get(split, {}).get("images")
+    return f"accuracy ({split}{f', {images} images' if images else ''})"
 
 
 def policy_name(record: TrialRecord) -> str:
@@ -34,21 +46,25 @@ def policy_name(record: TrialRecord) -> str:
 
 def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
     """One dict per trial: state, metrics (SI units; NaN where not measured), constraint violations (None where
-    not told), knob values (None without a vector), and where the trial came from."""
+    not told), knob values (None without a vector), and where the trial came from. ``accuracy`` is on the
+    validation split (what selected), ``test_accuracy`` on the test split (measured for the front only);
+    ``duplicate_of`` marks a repeat of a tried policy (not counted), ``drawn`` one the engine drew at random."""
     space = result.problem.space
     on_front = {r.number for r in result.front}
     for r in result.records:
         knobs = [k.choices[i] for k, i in zip(space.knobs, r.vec)] if r.vec is not None else [None] * space.dim
         yield {"trial": r.number, "state": r.state, "feasible": r.feasible, "evaluated": r.evaluated,
                "on_front": r.number in on_front, **{m: r.metrics.get(m, math.nan) for m in METRICS},
+               TEST_ACCURACY: r.metrics.get(TEST_ACCURACY, math.nan),
                **{f"violation[{k}]": r.constraints.get(k) for k in result.bounds},
                **{k.name: v for k, v in zip(space.knobs, knobs)},
-               "warm_start": r.warm_start, "retry_of": r.retry_of, "interrupted": r.interrupted, "error": r.error}
+               "warm_start": r.warm_start, "retry_of": r.retry_of, "interrupted": r.interrupted,
+               "duplicate_of": r.duplicate_of, "drawn": r.drawn, "error": r.error}
 
 
 def write_trials_csv(result: SearchResult, path: Path) -> Path:
     """One row per trial (:func:`trial_rows`): metrics and violations to 6 digits, blank where missing."""
-    numeric = {*METRICS, *(f"violation[{k}]" for k in result.bounds)}
+    numeric = {*METRICS, TEST_ACCURACY, *(f"violation[{k}]" for k in result.bounds)}
 
     def cell(key: str, value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -89,7 +105,8 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 def write_result_json(result: SearchResult, path: Path) -> Path:
     """result.json: the winner of each objective (trial number, metrics, policy document, policy file; the first
-    is the run's chosen policy), the front's trial numbers, the baselines, the bounds and what was searched."""
+    is the run's chosen policy), the front's trial numbers and each member's validation and test accuracy, what
+    the two accuracies were measured on, the repeats, the baselines, the bounds and what was searched."""
     from picojoule.search.config import SOURCE_FIELDS
 
     cfg, problem = result.config, result.problem
@@ -105,6 +122,12 @@ def write_result_json(result: SearchResult, path: Path) -> Path:
         "feasible": sum(r.feasible for r in result.records if r.counted),
         "winners": winners,
         "front": [r.number for r in result.front],
+        "front_accuracy": {str(r.number): {split: r.metrics.get(m) for split, m in
+                                           (("validation", "accuracy"), ("test", TEST_ACCURACY))}
+                           for r in result.front} if cfg.needs_accuracy else {},
+        "splits": problem.splits(),
+        "repeats": sum(r.duplicate_of is not None for r in result.records),
+        "drawn": sum(r.drawn is not None for r in result.records),
         "baselines": {name: _finite(m) for name, m in result.baselines.items()},
         "bounds": result.bounds,
     }
@@ -129,6 +152,7 @@ def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Pa
     """report.md: the problem, the winners, the front and the baselines side by side."""
     cfg, problem = result.config, result.problem
     shown = shown_metrics(result)
+    heads = [column(result, m) for m in shown]
     counted = [r for r in result.records if r.counted]
     n_feasible = sum(r.feasible for r in counted)
     n_failed = sum(r.state == "fail" for r in counted)
@@ -138,7 +162,10 @@ def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Pa
         f"- cost model: {cfg.cost_model}; strategy: {cfg.strategy}; seed {cfg.seed}",
         f"- space: {problem.space.dim} knobs, 10^{problem.space.log10_size:.1f} policies",
         f"- trials: {len(counted)} ({n_feasible} feasible, {len(counted) - n_feasible - n_failed} infeasible, "
-        f"{n_failed} failed); {sum(r.evaluated for r in counted)} measured for accuracy",
+        f"{n_failed} failed); {sum(r.evaluated for r in counted)} measured for accuracy; "
+        f"{result.repeats_line()}",
+        *([f"- accuracy: {result.splits_line()}; the winners are chosen on validation"]
+          if cfg.needs_accuracy else []),
         f"- objectives: {', '.join(cfg.objectives)}",
         "- constraints: " + ("; ".join(f"`{k}` (bound {format_value(k.split()[0], v)})"
                                        for k, v in result.bounds.items()) or "none"),
@@ -152,7 +179,7 @@ def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Pa
     margin_cols = [f"margin `{k}`" for k in result.bounds]
     winners = result.winners
     if winners:
-        lines += _header(["objective", "trial"], shown, margin_cols)
+        lines += _header(["objective", "trial"], heads, margin_cols)
         for label, r in winners.items():
             margins = [_margin(r.constraints.get(k)) for k in result.bounds]
             lines.append(_row([label, _link(r)], r.metrics, shown, margins))
@@ -160,12 +187,12 @@ def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Pa
         lines.append("No feasible policy was found: loosen the constraints or give more trials.")
     lines += ["", f"## Pareto front ({len(result.front)} polic{'y' if len(result.front) == 1 else 'ies'})", ""]
     if result.front:
-        lines += _header(["trial"], shown, [])
+        lines += _header(["trial"], heads, [])
         for r in sorted(result.front, key=lambda r: r.metrics[problem.objectives[0].metric],
                         reverse=problem.objectives[0].maximise):
             lines.append(_row([_link(r)], r.metrics, shown, []))
     lines += ["", "## Baselines", ""]
-    lines += _header(["baseline"], shown, ["meets constraints"])
+    lines += _header(["baseline"], heads, ["meets constraints"])
     for name, metrics in result.baselines.items():
         violations = problem.program.violations(metrics, result.bounds) if _has(metrics, problem) else {}
         meets = "—" if not _has(metrics, problem) else ("yes" if bool(all_hold(violations)) else "no")

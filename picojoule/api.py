@@ -106,7 +106,8 @@ def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str 
     from picojoule.spaces.quantize import calibrate_activations
 
     policy = as_policy(policy)
-    compressed, info = apply_policy(model, example, policy, graph=graph, importance=importance, seed=seed)  # type: ignore[arg-type]
+    compressed, info = apply_policy(model, example, policy, graph=graph, importance=importance,  # type: ignore[arg-type]
+                                    seed=seed)
     if (info.channels or info.needs_calibration) and calib_data is None:
         what = "re-estimate BatchNorm after pruning" if info.channels else "calibrate activation ranges"
         raise PicojouleError(f"compress: field 'calib_data': needed to {what}; pass a DataLoader or batches")

@@ -159,24 +159,22 @@ class PolicyBatch:
     ``pb.w_bits``, ``pb.keep``, ...; a non-numeric field holds its encoded value, e.g. ``sparsity_pattern``'s
     index). Knobs not given are filled with their default."""
 
-    __slots__ = ("arrays",)
-
     def __init__(self, **arrays: np.ndarray):
         unknown = set(arrays) - set(KNOBS)
         if unknown:
             raise TypeError(f"PolicyBatch: unknown knob '{sorted(unknown)[0]}'")
         shape = next(iter(arrays.values())).shape
-        self.arrays = {k: arrays[k] if k in arrays else np.full(shape, FIELD_BY_NAME[k].encode(FIELD_BY_NAME[k].default))
-                       for k in KNOBS}
+        for k in KNOBS:  # plain attributes: the cost models read them in their inner loop
+            field = FIELD_BY_NAME[k]
+            setattr(self, k, arrays[k] if k in arrays else np.full(shape, field.encode(field.default)))
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.arrays[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every knob's (N, L) array, by name."""
+        return {k: getattr(self, k) for k in KNOBS}
 
     def __len__(self) -> int:
-        return self.arrays[KNOBS[0]].shape[0]
+        return getattr(self, KNOBS[0]).shape[0]
 
     @classmethod
     def uniform(cls, n: int, n_layers: int, **values: Any) -> PolicyBatch:

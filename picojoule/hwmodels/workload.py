@@ -8,9 +8,9 @@ quantize); what they do:
 
 Pruning: a layer's output channels shrink by the keep ratio of its pruning group (the group's
 *anchor* layer carries the knob), its input channels by the group that produces them; counts are
-rounded to whole channels, at least one. A depthwise conv follows its input group. A layer without MACs (residual add, pooling) runs at the
-activation width of the nearest conv/linear that reads its output; a layer without weights (those,
-and activation x activation matmuls) computes at its activation width.
+rounded to whole channels, at least one. A depthwise conv follows its input group. A layer without MACs
+(residual add, pooling) runs at the activation width of the nearest conv/linear that reads its output; a
+layer without weights (those, and activation x activation matmuls) computes at its activation width.
 Low rank ``r`` (an absolute rank, clipped to the pruned layer's full rank): a k x k conv C->M
 becomes k x k C->r then 1 x 1 r->M, a linear becomes two; the r-channel intermediate is written
 and read once more (``mid_elems``). Sparsity: the zero weights of each weight matrix
@@ -30,7 +30,9 @@ from picojoule.hwmodels.target import OP_KINDS, Target
 from picojoule.passes import FIELD_BY_NAME, PricingState, ordered
 from picojoule.policy import KNOBS, Policy, PolicyBatch, group_keeps
 
-PRICING_ORDER = ordered()
+#: the passes' pricing stages in order: those that change channel counts first, then the dense work, then the rest
+CHANNEL_STAGES = tuple(p for p in ordered() if p.changes_channels)
+OTHER_STAGES = tuple(p for p in ordered() if not p.changes_channels)
 
 @dataclass(frozen=True)
 class GraphArrays:
@@ -40,6 +42,8 @@ class GraphArrays:
     kind: np.ndarray  # index into OP_KINDS
     has_macs: np.ndarray  # conv/linear/matmul
     has_weights: np.ndarray  # conv/linear
+    macs_factor: np.ndarray  # has_macs as 1.0/0.0
+    weights_factor: np.ndarray  # has_weights as 1.0/0.0
     depthwise: np.ndarray
     rankable: np.ndarray
     cout: np.ndarray
@@ -97,6 +101,8 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
         kind=arr((OP_KINDS.index(layer.kind) for layer in layers), np.int64),
         has_macs=arr((layer.macs > 0 for layer in layers), bool),
         has_weights=arr((layer.op in ("conv", "linear") for layer in layers), bool),
+        macs_factor=arr(float(layer.macs > 0) for layer in layers),
+        weights_factor=arr(float(layer.op in ("conv", "linear")) for layer in layers),
         depthwise=arr((layer.kind == "depthwise" for layer in layers), bool),
         rankable=arr((layer.rankable for layer in layers), bool),
         cout=arr(layer.out_channels for layer in layers),
@@ -198,10 +204,14 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
     """Apply the policies in ``pb`` to the graph and the target's datapath widths: each compression pass
     (:mod:`picojoule.passes`) is a stage that changes the layers' channels, shapes, zeros or widths, in order."""
     st = PricingState(ga, target, pb, batch)
-    for p in PRICING_ORDER:
+    for p in CHANNEL_STAGES:
         p.price(st)
-    (rows, k), *split = st.parts
-    matrices = rows * k + sum(r * c for r, c in split)
+    st.dense()
+    for p in OTHER_STAGES:
+        p.price(st)
+    matrices = st.parts[0][0] * st.parts[0][1]
+    if len(st.parts) > 1:  # a low-rank split's second half
+        matrices = matrices + st.parts[1][0] * st.parts[1][1]
     return Workload(
         macs=st.macs, ops=ga.ops * st.k_out * batch, weight_elems=matrices + ga.bias * st.k_out,
         in_elems=(ga.in_a * st.k_a + ga.in_b * st.k_b) * batch, out_elems=ga.out_elems * st.k_out * batch,

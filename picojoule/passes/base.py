@@ -74,6 +74,22 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+_CONSTANTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _constants(n: int, layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only (n, layers) arrays of ones and zeros, made once per shape (the inner loop of a search prices
+    batches of the same shape again and again)."""
+    hit = _CONSTANTS.get((n, layers))
+    if hit is None:
+        ones, zeros = np.ones((n, layers)), np.zeros((n, layers))
+        ones.flags.writeable = zeros.flags.writeable = False
+        hit = _CONSTANTS[(n, layers)] = (ones, zeros)
+        if len(_CONSTANTS) > 64:  # many shapes: keep the newest
+            del _CONSTANTS[next(iter(_CONSTANTS))]
+    return hit
+
+
 class PricingState:
     """What the pricing stages share for N policies over one graph's L layers: the graph's static arrays
     (``ga``), the target, the policy arrays (``pb``) and the (N, L) arrays the stages write. The workload
@@ -82,48 +98,27 @@ class PricingState:
     def __init__(self, ga: Any, target: Any, pb: Any, batch: int):
         self.ga, self.target, self.pb, self.batch = ga, target, pb, batch
         self.n = len(pb)
-        shape = (self.n, ga.n_layers)
         # the defaults are shared, read-only arrays: a stage replaces an array, it never writes into one
-        ones, self.zero = np.ones(shape), np.zeros(shape)
+        ones, self.zero = _constants(self.n, ga.n_layers)
         self.k_out, self.k_in, self.k_a, self.k_b = ones, ones, ones, ones  # kept channel fractions
         self.cout, self.cin = ga.cout, ga.cin_dense  # per layer (L,), broadcast until a stage prunes
         self.spatial = ga.spatial * batch
         self.rank = self.mid = self.zero
-        self._macs: np.ndarray | None = None
-        self._parts: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.macs: np.ndarray = self.zero  # set by dense()
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []  # set by dense()
         self.zeros = self.zero  # zero weights a sparsity pass made
         self.pattern = self.zero  # 0: unstructured zeros, 1: 2:4
 
-    def _dense(self) -> None:
-        """MACs and the weight matrix of every layer at its kept channels, unsplit (the first time a stage
-        reads them, so after the stages that change channels)."""
+    def dense(self) -> None:
+        """MACs and the weight matrix of every layer at its kept channels, unsplit: the workload calls it after
+        the stages that change channels (``CompressionPass.changes_channels``), before the others.
+        ``parts`` holds each layer's weight matrices as (rows, K) arrays: the layer's own (or a low-rank split's
+        first half), and a split's second half once a low-rank stage split layers."""
         ga = self.ga
         k_in = self.cin * ga.k_area
-        self._macs = np.where(ga.has_macs, self.spatial * self.cout * k_in, 0.0)
-        self._parts = [(np.where(ga.has_weights, self.cout, 0.0), np.where(ga.has_weights, k_in, 0.0))]
-
-    @property
-    def macs(self) -> np.ndarray:
-        """(N, L) multiply-accumulates."""
-        if self._macs is None:
-            self._dense()
-        return self._macs
-
-    @macs.setter
-    def macs(self, value: np.ndarray) -> None:
-        self._macs = value
-
-    @property
-    def parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each layer's weight matrices as (rows, K) arrays: the layer's own (or a low-rank split's first half),
-        and a split's second half where a low-rank stage split layers."""
-        if self._parts is None:
-            self._dense()
-        return self._parts
-
-    @parts.setter
-    def parts(self, value: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        self._parts = value
+        # masks as 0/1 factors: a multiply is one ufunc call where np.where is a Python-level dispatch
+        self.macs = self.spatial * self.cout * k_in * ga.macs_factor
+        self.parts = [(self.cout * ga.weights_factor, k_in * ga.weights_factor)]
 
 
 class CompressionPass:
@@ -140,6 +135,8 @@ class CompressionPass:
     needs: str = ""
     #: the pass changes no MACs, parameter or non-zero count (apply counts them before the first such pass)
     keeps_counts: bool = False
+    #: the pricing stage changes channel counts (it runs before the dense MACs and weights are computed)
+    changes_channels: bool = False
 
     # -- the space -----------------------------------------------------------------------------------
 

@@ -82,12 +82,12 @@ class LowRankPass(CompressionPass):
 
     def price(self, st: PricingState) -> None:
         ga = st.ga
-        if not st.pb.rank.any():
+        if not np.logical_or.reduce(st.pb.rank, axis=None):  # (a ufunc: no Python-level call)
             return
         k_in = st.cin * ga.k_area
         rank = np.where(ga.rankable & (st.pb.rank > 0), np.minimum(st.pb.rank, np.minimum(st.cout, k_in)), 0.0)
         split = rank > 0
-        if not split.any():
+        if not np.logical_or.reduce(split, axis=None):
             return
         st.rank = rank
         st.macs = np.where(split, st.spatial * rank * (k_in + st.cout), st.macs)

@@ -20,6 +20,7 @@ class PrunePass(CompressionPass):
     name = "prune"
     order = 10
     needs = "prunable output channels"
+    changes_channels = True
     fields = (KnobField("keep", 1.0, lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]", group=True,
                         plural="numbers in (0, 1]"),)
 

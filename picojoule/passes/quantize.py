@@ -39,6 +39,23 @@ def _pad(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
     return widths[idx]
 
 
+_MODES: dict[int, tuple[Any, tuple[np.ndarray, ...]]] = {}
+
+
+def _modes(target: Any) -> tuple[np.ndarray, ...]:
+    """The target's native widths and its compute modes' widths, peaks and energies as arrays (cached per target
+    object: targets are immutable)."""
+    hit = _MODES.get(id(target))
+    if hit is None or hit[0] is not target:
+        c = target.compute
+        hit = (target, (np.asarray(c.native_bits, dtype=np.float64),
+                        np.asarray([m.bits for m in c.modes], dtype=np.float64),
+                        np.asarray([m.peak_macs_per_s for m in c.modes]),
+                        np.asarray([m.mac_energy_pj for m in c.modes])))
+        _MODES[id(target)] = hit
+    return hit[1]
+
+
 class QuantizePass(CompressionPass):
     name = "quantize"
     order = 40
@@ -53,14 +70,13 @@ class QuantizePass(CompressionPass):
 
     def price(self, st: PricingState) -> None:
         ga, compute = st.ga, st.target.compute
-        native = np.asarray(compute.native_bits, dtype=np.float64)
+        native, mode_widths, peaks, energies = _modes(st.target)
         st.a_bits = _pad(st.pb.a_bits[:, ga.bits_from], native)
         st.w_bits = np.where(ga.has_weights, _pad(st.pb.w_bits, native), st.a_bits)  # no weights: activation width
-        mode_widths = np.asarray([m.bits for m in compute.modes], dtype=np.float64)
-        mode_idx = np.minimum(np.searchsorted(mode_widths, np.maximum(st.w_bits, st.a_bits)), len(compute.modes) - 1)
+        mode_idx = np.minimum(np.searchsorted(mode_widths, np.maximum(st.w_bits, st.a_bits)), len(mode_widths) - 1)
         st.mode_bits = mode_widths[mode_idx]
-        st.peak_macs_per_s = np.asarray([m.peak_macs_per_s for m in compute.modes])[mode_idx]
-        mac_pj = np.asarray([m.mac_energy_pj for m in compute.modes])[mode_idx]
+        st.peak_macs_per_s = peaks[mode_idx]
+        mac_pj = energies[mode_idx]
         if compute.precision_scalable:
             mac_pj = mac_pj * (np.minimum(st.w_bits, st.mode_bits) * np.minimum(st.a_bits, st.mode_bits)) \
                 / st.mode_bits**2

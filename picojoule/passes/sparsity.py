@@ -48,7 +48,8 @@ class SparsityPass(CompressionPass):
     name = "sparsity"
     order = 30
     fields = (
-        KnobField("sparsity", 0.0, lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)", plural="numbers in [0, 1)"),
+        KnobField("sparsity", 0.0, lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)",
+                  plural="numbers in [0, 1)"),
         KnobField("sparsity_pattern", "unstructured", lambda v: v in PATTERNS, f"one of {', '.join(PATTERNS)}",
                   encode=lambda v: float(PATTERNS.index(v)), decode=lambda x: PATTERNS[int(x)], searchable=False),
     )
@@ -79,7 +80,7 @@ class SparsityPass(CompressionPass):
 
     def price(self, st: PricingState) -> None:
         s = st.pb.sparsity
-        if not s.any():
+        if not np.logical_or.reduce(s, axis=None):  # (a ufunc: no Python-level call)
             return
         two_four = st.pb.sparsity_pattern == 1
         st.pattern = two_four.astype(np.float64)

@@ -59,6 +59,8 @@ class CostResult:
 def _sparse_factor(pattern: str, wl: Workload) -> np.ndarray | float:
     """Fraction of MACs still paid when the hardware exploits zero weights of ``pattern`` (an unstructured
     datapath uses every zero weight, a 2:4 one only 2:4 zeros)."""
+    if not wl.sparse:
+        return 1.0
     if pattern == "unstructured":
         return 1.0 - wl.zero_fraction
     if pattern == "2:4":

@@ -44,6 +44,7 @@ class GraphArrays:
     has_weights: np.ndarray  # conv/linear
     macs_factor: np.ndarray  # has_macs as 1.0/0.0
     weights_factor: np.ndarray  # has_weights as 1.0/0.0
+    rankable_factor: np.ndarray  # rankable as 1.0/0.0
     depthwise: np.ndarray
     rankable: np.ndarray
     cout: np.ndarray
@@ -103,6 +104,7 @@ def graph_arrays(graph: LayerGraph) -> GraphArrays:
         has_weights=arr((layer.op in ("conv", "linear") for layer in layers), bool),
         macs_factor=arr(float(layer.macs > 0) for layer in layers),
         weights_factor=arr(float(layer.op in ("conv", "linear")) for layer in layers),
+        rankable_factor=arr(float(layer.rankable) for layer in layers),
         depthwise=arr((layer.kind == "depthwise" for layer in layers), bool),
         rankable=arr((layer.rankable for layer in layers), bool),
         cout=arr(layer.out_channels for layer in layers),
@@ -194,10 +196,11 @@ class Workload:
     zero_weights: np.ndarray  # weights a sparsity pass set to zero
     zero_fraction: np.ndarray  # of the weight matrices' elements, and so of the weights' MACs
     two_four: np.ndarray  # whether those zeros are 2:4 (else unstructured)
+    sparse: bool  # whether any layer has zero weights
 
     @property
     def nonzero_weights(self) -> np.ndarray:
-        return self.weight_elems - self.zero_weights
+        return self.weight_elems - self.zero_weights if self.sparse else self.weight_elems
 
 
 def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -> Workload:
@@ -209,6 +212,7 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
     st.dense()
     for p in OTHER_STAGES:
         p.price(st)
+    sparse = st.zeros is not st.zero
     matrices = st.parts[0][0] * st.parts[0][1]
     if len(st.parts) > 1:  # a low-rank split's second half
         matrices = matrices + st.parts[1][0] * st.parts[1][1]
@@ -217,7 +221,7 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
         in_elems=(ga.in_a * st.k_a + ga.in_b * st.k_b) * batch, out_elems=ga.out_elems * st.k_out * batch,
         mid_elems=st.mid, w_bits=st.w_bits, a_bits=st.a_bits, mode_bits=st.mode_bits,
         peak_macs_per_s=st.peak_macs_per_s, mac_energy_pj=st.mac_energy_pj, m=st.cout, c=st.cin, rank=st.rank,
-        zero_weights=st.zeros, two_four=st.pattern > 0,
-        zero_fraction=st.zero if st.zeros is st.zero else np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros),
-                                                                    where=matrices > 0),
+        zero_weights=st.zeros, two_four=st.no if st.pattern is st.zero else st.pattern > 0, sparse=sparse,
+        zero_fraction=np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros), where=matrices > 0) if sparse
+        else st.zero,
     )

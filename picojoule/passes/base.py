@@ -74,20 +74,19 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-_CONSTANTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_CONSTANTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _constants(n: int, layers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only (n, layers) arrays of ones and zeros, made once per shape (the inner loop of a search prices
-    batches of the same shape again and again)."""
-    hit = _CONSTANTS.get((n, layers))
-    if hit is None:
-        ones, zeros = np.ones((n, layers)), np.zeros((n, layers))
-        ones.flags.writeable = zeros.flags.writeable = False
-        hit = _CONSTANTS[(n, layers)] = (ones, zeros)
-        if len(_CONSTANTS) > 64:  # many shapes: keep the newest
-            del _CONSTANTS[next(iter(_CONSTANTS))]
-    return hit
+def _constants(n: int, layers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read-only (n, layers) arrays of ones, zeros and False, made once per shape (the inner loop of a search
+    prices batches of the same shape again and again)."""
+    arrays = (np.ones((n, layers)), np.zeros((n, layers)), np.zeros((n, layers), dtype=bool))
+    for a in arrays:
+        a.flags.writeable = False
+    if len(_CONSTANTS) >= 64:  # many shapes: keep the newest
+        del _CONSTANTS[next(iter(_CONSTANTS))]
+    _CONSTANTS[(n, layers)] = arrays
+    return arrays
 
 
 class PricingState:
@@ -97,9 +96,9 @@ class PricingState:
 
     def __init__(self, ga: Any, target: Any, pb: Any, batch: int):
         self.ga, self.target, self.pb, self.batch = ga, target, pb, batch
-        self.n = len(pb)
+        self.n = n = len(pb)
         # the defaults are shared, read-only arrays: a stage replaces an array, it never writes into one
-        ones, self.zero = _constants(self.n, ga.n_layers)
+        ones, self.zero, self.no = _CONSTANTS.get((n, ga.n_layers)) or _constants(n, ga.n_layers)
         self.k_out, self.k_in, self.k_a, self.k_b = ones, ones, ones, ones  # kept channel fractions
         self.cout, self.cin = ga.cout, ga.cin_dense  # per layer (L,), broadcast until a stage prunes
         self.spatial = ga.spatial * batch

@@ -85,15 +85,17 @@ class LowRankPass(CompressionPass):
         if not np.logical_or.reduce(st.pb.rank, axis=None):  # (a ufunc: no Python-level call)
             return
         k_in = st.cin * ga.k_area
-        rank = np.where(ga.rankable & (st.pb.rank > 0), np.minimum(st.pb.rank, np.minimum(st.cout, k_in)), 0.0)
+        # the rank clipped to the (pruned) layer's full rank; 0 where the layer is not split (factors, not np.where:
+        # this is the inner loop of every search)
+        rank = np.minimum(st.pb.rank * ga.rankable_factor, np.minimum(st.cout, k_in))
         split = rank > 0
         if not np.logical_or.reduce(split, axis=None):
             return
         st.rank = rank
         st.macs = np.where(split, st.spatial * rank * (k_in + st.cout), st.macs)
         (rows, cols), *_ = st.parts
-        st.parts = [(np.where(split, rank, rows), cols), (np.where(split, st.cout, 0.0), np.where(split, rank, 0.0))]
-        st.mid = np.where(split, st.spatial * rank, 0.0)
+        st.parts = [(np.where(split, rank, rows), cols), (st.cout * split, rank)]
+        st.mid = st.spatial * rank
 
     def active(self, policy, graph) -> bool:
         return any(policy.for_layer(layer.name).rank > 0 and layer.rankable for layer in graph.compute_layers())

@@ -64,7 +64,7 @@ def plot_front(result: SearchResult, out: Path) -> Path:
     """Every pair of plotted metrics: infeasible trials grey, feasible blue, the front red, baselines black."""
     metrics = _plotted_metrics(result)
     pairs = list(itertools.combinations(metrics, 2))[:MAX_PANELS] or [("trial", metrics[0])]
-    done = [r for r in result.records if r.state == "complete"]
+    done = [r for r in result.records if r.state == "complete" and r.counted]  # not the repeated proposals
     unmeasured = [r for r in done if result.config.needs_accuracy and not r.evaluated]
     measured_infeasible = [r for r in done if not r.feasible and (r.evaluated or not result.config.needs_accuracy)]
     groups = [("infeasible", measured_infeasible, dict(c="0.75", s=10)),

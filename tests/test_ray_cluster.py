@@ -211,7 +211,9 @@ def test_search_on_a_two_node_cluster_survives_losing_a_node(cluster: Cluster, t
     assert {r.node for r in before_kill} >= {nodes["node_a"], nodes["node_b"]}
     for r in before_kill:
         assert (by_number[r.number].state, by_number[r.number].key, by_number[r.number].node) == (r.state, r.key, r.node)
-        assert by_number[r.number].metrics == pytest.approx(r.metrics, nan_ok=True)
+        # (a front member gains test_accuracy after the search: the test split is measured once, at the end)
+        kept = {k: v for k, v in by_number[r.number].metrics.items() if k != "test_accuracy"}
+        assert kept == pytest.approx(r.metrics, nan_ok=True)
     # the budget is spent, nothing failed, and after the kill only node_a measured
     assert sum(r.counted for r in res.records) == 12 and all(r.state == "complete" for r in res.records)
     after = [r.node for r in finished[len(before_kill):] if r.node]

@@ -106,8 +106,8 @@ def _sha(chunks: Iterable[bytes]) -> str:
     return h.hexdigest()[:16]
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
+def _tensor_bytes(t: torch.Tensor | np.ndarray) -> bytes:
+    t = torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t.detach().cpu().contiguous()
     return f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 

@@ -38,10 +38,10 @@ class SplitCalls:
         self.finished, self.test_at = 0, []
         original = problem_module.Evaluator.__call__
 
-        def call(evaluator, policy, split="validation"):
+        def call(evaluator, policy, split="validation", rung=-1):
             if split == "test":
                 self.test_at.append(self.finished)
-            return original(evaluator, policy, split)
+            return original(evaluator, policy, split, rung)
 
         monkeypatch.setattr(problem_module.Evaluator, "__call__", call)
 

@@ -128,8 +128,9 @@ def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, ev
                                  "(a DataLoader, an iterable of batches x or (x, y), or an ArrayDataset)")
         if test_evaluate is not None and not callable(test_evaluate):
             raise PicojouleError(f"{SOURCE}: test_evaluate: expected a callable(model) -> float")
-        if settings.evaluation.finetune_steps and train_data is None:
-            raise PicojouleError(f"{SOURCE}: train_data: required for evaluation finetune_steps > 0")
+        if settings.evaluation.fine_tunes and train_data is None:
+            raise PicojouleError(f"{SOURCE}: train_data: required to fine-tune candidates (evaluation finetune_steps "
+                                 "or a fidelity rung's)")
         limit = max(CALIB_LIMIT, settings.evaluation.calibration_images)
         data = Datasets(None, as_calibration(calib_data, limit), train_data)
     return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None,

@@ -15,11 +15,15 @@
     objectives: [maximise accuracy, minimise energy]     # accuracy, energy, latency, size, co2e, macs, params
     constraints: ["energy <= 0.5 * uniform_int8", "accuracy_drop <= 1"]   # see picojoule.search.constraints
     space: {defaults: {keep: [0.5, 0.75, 1.0]}}          # overrides, see picojoule.spaces.space
-    strategy: nsga2               # nsga2 | tpe | gp | random | ddpg
-    strategy_options: {population_size: 16}              # keyword arguments of the Optuna sampler (ddpg: DDPGOptions)
+    strategy: nsga2               # nsga2 | tpe | gp | random | ddpg | ilp
+    strategy_options: {population_size: 16}              # keyword arguments of the Optuna sampler (ddpg: DDPGOptions,
+                                                         # ilp: ILPOptions)
+    sensitivity: {images: 256, calib_images: 256, hessian_iters: 0, cache: null}   # what ilp and guided strategies use
     trials: 200
-    evaluation: {calibration_images: 256, finetune_steps: 0, test_images: null}
-    warm_start: [uniform_int8]    # baselines tried first
+    evaluation: {calibration_images: 256, finetune_steps: 0, test_images: null,
+                 fidelity: {rungs: [{images: 256}, {images: null, finetune_steps: 30}], promote: 0.25}}
+    warm_start: [uniform_int8]    # baselines tried first (lowered onto the bounds); ilp: the ILP's solutions at
+                                  # 1.0, 0.9 and 0.8 of the bounds
     seed: 0
     workers: 0                    # 0: evaluate in this process; N: N Ray actors
     ray_address: null             # a Ray cluster to join (default: start a local one)
@@ -44,6 +48,8 @@ from picojoule.search.strategies import STRATEGIES as _STRATEGY_REGISTRY
 from picojoule.yamlfile import read_yaml, validated
 
 DIGITS = "digits"
+#: the warm start that stands for the ILP's solutions (picojoule.search.strategies.ilp.seed_solutions)
+ILP_WARM_START = "ilp"
 #: the registered names (the registries are picojoule.search.strategies.STRATEGIES and hwmodels.costs.COST_MODELS)
 STRATEGIES = tuple(_STRATEGY_REGISTRY)
 COST_MODEL_NAMES = tuple(COST_MODELS)
@@ -99,12 +105,58 @@ class DataConfig(_Strict):
         return data
 
 
+class Rung(_Strict):
+    """One fidelity of the accuracy stage: how many validation images a candidate is measured on, after how many
+    steps of KD fine-tuning."""
+
+    images: int | None = Field(None, ge=1, description="the first N validation images (null: all)")
+    finetune_steps: int = Field(0, ge=0, description="KD fine-tune steps before measuring (deterministic under seed)")
+
+
+class FidelityConfig(_Strict):
+    """Successive halving over rungs, decided as each result arrives (ASHA's rule): a candidate measured at rung k
+    goes on to rung k+1 if its accuracy is in the top ``promote`` fraction of every result at rung k so far (the
+    first ``ceil(1 / promote)`` results at a rung always go on). Only candidates that reach the last rung can be on
+    the Pareto front; every candidate's last measured accuracy is what its strategy is told."""
+
+    rungs: list[Rung] = Field(min_length=1, description="from cheapest to the full measurement")
+    promote: float = Field(0.25, gt=0, le=1, description="fraction of each rung's results that go on")
+
+
 class EvaluationConfig(_Strict):
     """The accuracy stage's budget per feasible policy (BatchNorm is re-estimated whenever a policy prunes)."""
 
     calibration_images: int = Field(256, ge=1, description="images that set activation ranges (in batches of 128)")
     finetune_steps: int = Field(0, ge=0, description="steps of fine-tuning distilled from the uncompressed model")
     test_images: int | None = Field(None, ge=1, description="the first N test images (default: all)")
+    fidelity: FidelityConfig | None = Field(None, description="multi-fidelity rungs (default: one rung, all "
+                                            "validation images after finetune_steps)")
+
+    @model_validator(mode="after")
+    def _one_fine_tune_setting(self) -> EvaluationConfig:
+        if self.fidelity is not None and self.finetune_steps:
+            raise ValueError("fine-tune steps are set per rung when fidelity is given: move finetune_steps into "
+                             "fidelity.rungs")
+        return self
+
+    @property
+    def rungs(self) -> list[Rung]:
+        """The fidelity ladder (one rung without ``fidelity``)."""
+        return list(self.fidelity.rungs) if self.fidelity else [Rung(finetune_steps=self.finetune_steps)]
+
+    @property
+    def fine_tunes(self) -> bool:
+        return any(r.finetune_steps for r in self.rungs)
+
+
+class SensitivityConfig(_Strict):
+    """How the per-layer sensitivity that guides ``ilp`` (and ``warm_start: [ilp]``) is measured: on ``images`` of the
+    training split (never the validation or test split), see :func:`picojoule.sensitivity.sensitivity`."""
+
+    images: int = Field(256, ge=1, description="training images the loss increase is measured on")
+    calib_images: int = Field(256, ge=1, description="images that calibrate activations / re-estimate BatchNorm")
+    hessian_iters: int = Field(0, ge=0, description="Hutchinson iterations of the Hessian trace (0: skip; hawq needs it)")
+    cache: str | None = Field(None, description="a directory for sensitivity.json (default: the run directory)")
 
 
 class CarbonConfig(_Strict):
@@ -163,6 +215,7 @@ class SearchSettings(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
     warm_start: list[str] = Field(default_factory=list)
+    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     seed: int = Field(0, ge=0)
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
@@ -189,14 +242,17 @@ class SearchSettings(_Strict):
     @classmethod
     def _warm_start(cls, v: list[str]) -> list[str]:
         for name in v:
-            _checked(baseline_bits, name)
+            if name != ILP_WARM_START:
+                _checked(baseline_bits, name)
         return v
 
     @model_validator(mode="after")
     def _settings_consistent(self) -> SearchSettings:
-        if self.backend == "ray-tune" and self.strategy == "ddpg":
-            raise ValueError("backend: ray-tune drives Optuna samplers (nsga2, tpe, gp, random), not ddpg; "
-                             "use backend: picojoule for ddpg")
+        if self.backend == "ray-tune" and self.strategy in ("ddpg", "ilp"):
+            raise ValueError(f"backend: ray-tune drives Optuna samplers (nsga2, tpe, gp, random), not {self.strategy}; "
+                             f"use backend: picojoule for {self.strategy}")
+        if self.strategy_options.get("measure") == "hawq" and self.strategy == "ilp" and not self.sensitivity.hessian_iters:
+            raise ValueError("sensitivity: ilp's measure 'hawq' needs the Hessian trace: set sensitivity.hessian_iters")
         return self
 
     # -- derived -----------------------------------------------------------------------------------
@@ -257,8 +313,8 @@ class SearchConfig(SearchSettings):
                                  "name or package.module:function, or drop accuracy from objectives and constraints")
             if self.data is None and self.model != DIGITS:
                 raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
-        if self.evaluation.finetune_steps and self.data is not None and self.data.train is None:
-            raise ValueError("data.train: required for evaluation.finetune_steps > 0")
+        if self.evaluation.fine_tunes and self.data is not None and self.data.train is None:
+            raise ValueError("data.train: required to fine-tune candidates (evaluation.finetune_steps or a rung's)")
         return self
 
     @property
@@ -284,7 +340,7 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = "required field is missing"
     if (item := re.match(r"^\[(\d+)\]: ", msg)) and loc:
         loc, msg = f"{loc}[{item.group(1)}]", msg[item.end():]
-    if not loc and msg.split(":")[0] in ("model", "data", "data.train", "backend"):  # a whole-config check names its field
+    if not loc and msg.split(":")[0] in ("model", "data", "data.train", "backend", "sensitivity"):  # a whole-config check names its field
         loc, msg = msg.split(":", 1)[0], msg.split(":", 1)[1].strip()
     return f"{source}: field '{loc or '(top level)'}': {msg}".replace("\n", " ")
 

@@ -32,14 +32,14 @@ from tqdm import tqdm
 
 from picojoule.errors import PicojouleError
 from picojoule.search.baselines import REPORT_BASELINES, baseline_policy
-from picojoule.search.config import SearchConfig, SearchSettings, resolve_config
+from picojoule.search.config import ILP_WARM_START, SearchConfig, SearchSettings, resolve_config
 from picojoule.search.constraints import all_hold
 from picojoule.search.executors import Executor, SerialExecutor, safe_evaluate
 from picojoule.search.journal import (TEST_ACCURACY, TrialRecord, knob_params, open_study, quiet_optuna,
                                       read_records, recover_interrupted)
 from picojoule.search.metrics import METRICS, accuracy_metrics, format_value
 from picojoule.search.pareto import RunningFront, pareto_front
-from picojoule.search.problem import Evaluator, Problem, build_problem
+from picojoule.search.problem import Evaluator, Job, Problem, build_problem
 from picojoule.search.projection import Projector
 from picojoule.search.rundir import check_run_dir, run_lock, saved_config_path, write_config
 from picojoule.search.strategies import Strategy, StrategyContext, make_sampler, make_strategy
@@ -128,6 +128,8 @@ class SearchResult:
                  f"{failed} failed; Pareto front: {len(self.front)}; {self.repeats_line()}"]
         if self.config.needs_accuracy:
             lines.append(f"  {self.metric_name}: {self.splits_line()}")
+            if self.images:
+                lines.append(f"  {self.budget_line()}")
         for label, r in self.winners.items():
             o = label.split()[-1]
             lines.append(f"  best {name(o)}: {format_value(o, r.metrics.get(o, math.nan))} (trial {r.number}; "
@@ -162,6 +164,23 @@ class SearchResult:
         return (f"selected on validation ({val.get('source', 'the evaluate callable')}), reported on test "
                 f"({test.get('source', 'not measured')})")
 
+    @property
+    def images(self) -> int:
+        """Validation images the search's accuracy measurements read (every rung of every counted trial)."""
+        return sum(r.images for r in self.records if r.counted)
+
+    def budget_line(self) -> str:
+        """The accuracy budget spent: images, measurements per fidelity rung, fine-tune steps."""
+        measured = [r for r in self.records if r.counted and r.fidelity]
+        rungs = self.config.evaluation.rungs
+        reached = [sum(r.fidelity["rung"] >= k for r in measured) for k in range(len(rungs))]
+        steps = sum(r.fidelity.get("finetune_steps", 0) for r in measured)
+        ladder = ", ".join(f"{n} at {rung.images or 'all'} images" + (f" + {rung.finetune_steps} fine-tune steps"
+                                                                        if rung.finetune_steps else "")
+                           for n, rung in zip(reached, rungs))
+        return (f"budget: {self.images} validation images over {len(measured)} measured policies ({ladder})"
+                + (f"; {steps} fine-tune steps" if steps else ""))
+
     def repeats_line(self) -> str:
         """How many proposals repeated a tried policy (told from the journal, not counted) and how many policies
         the engine drew at random instead."""
@@ -184,7 +203,8 @@ def baselines_of(problem: Problem, study: Any, evaluator: Evaluator | None) -> d
     if stored:
         return stored
     cfg = problem.config
-    names = list(dict.fromkeys([*REPORT_BASELINES, *problem.program.baselines, *cfg.warm_start]))
+    names = list(dict.fromkeys([*REPORT_BASELINES, *problem.program.baselines,
+                                *(w for w in cfg.warm_start if w != ILP_WARM_START)]))
     policies = [baseline_policy(n, problem.graph) for n in names]
     costs = problem.cost(policies)
     out = {n: {m: float(v[i]) for m, v in costs.items()} for i, n in enumerate(names)}
@@ -212,19 +232,35 @@ def _executor(problem: Problem) -> tuple[Executor, Evaluator | None]:
     return RayExecutor(problem, problem.config.workers, problem.config.ray_address), evaluator
 
 
-def warm_start_trials(problem: Problem, bounds: dict[str, float]) -> list[tuple[dict[str, int], dict[str, str]]]:
+def warm_start_trials(problem: Problem, bounds: dict[str, float], context: StrategyContext | None = None
+                      ) -> list[tuple[dict[str, int], dict[str, str]]]:
     """The config's warm starts as (params, user attributes): each baseline projected onto the hardware bounds
     (:mod:`~picojoule.search.projection`), so that a budget-constrained search starts from feasible policies near
-    them instead of spending trials on baselines the cost model already rules out."""
+    them instead of spending trials on baselines the cost model already rules out; ``ilp`` stands for the ILP's
+    solutions at 1.0, 0.9 and 0.8 of the bounds (:func:`~picojoule.search.strategies.ilp.seed_solutions`, which
+    needs ``context`` with a sensitivity)."""
     project = Projector(problem.space, problem.program, bounds,
                         lambda vecs: problem.cost(problem.space.decode_batch(vecs)))
     out = []
     for name in problem.config.warm_start:
+        if name == ILP_WARM_START:
+            out.extend(_ilp_seeds(problem, context))
+            continue
         vec = problem.space.encode(baseline_policy(name, problem.graph))
         fitted = project(vec)
         label = name if (fitted == vec).all() else f"{name} lowered to the hardware bounds"
         out.append((knob_params(problem.space, fitted), {"warm_start": label}))
     return out
+
+
+def _ilp_seeds(problem: Problem, context: StrategyContext | None) -> list[tuple[dict[str, int], dict[str, str]]]:
+    from picojoule.search.strategies.ilp import seed_solutions
+
+    if context is None or context.sensitivity is None:
+        raise PicojouleError(f"{problem.source}: field 'warm_start': 'ilp' needs a per-layer sensitivity: give "
+                             "labelled training data (data.train) or pass sensitivity= to picojoule.search")
+    return [(knob_params(problem.space, s.vec), {"warm_start": f"ilp at {scale:g} x the bounds: {s.describe()}"})
+            for scale, s in zip((1.0, 0.9, 0.8), seed_solutions(context, context.sensitivity()))]
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -264,10 +300,17 @@ class _Loop:
         self.repeats, self.exhausted = 0, False  # repeats in a row; every policy of the space tried
         self.counts = {"infeasible": 0, "failed": 0}
         self.new_trials = self.evaluations = 0
+        self.rungs = problem.config.evaluation.rungs
+        self.promote = problem.config.evaluation.fidelity.promote if problem.config.evaluation.fidelity else 1.0
+        self.rung_results: list[list[float]] = [[] for _ in self.rungs]  # every accuracy measured at each rung
+        self.ladder: dict[int, dict[str, Any]] = {}  # trial number -> its fidelity so far (while in flight)
+        self.images = 0  # validation images measured (this session and the ones before)
+        self.live = False  # False while the journal's records are noted, True once this session measures
 
     def run(self, records: list[TrialRecord]) -> None:
         for r in records:
             self._note(r)
+        self.live = True
         self.rng = np.random.default_rng((self.problem.config.seed, len(records)))
         done, total = sum(r.counted for r in records), self.problem.config.trials
         bar = tqdm(total=total, initial=min(done, total), desc=f"search ({self.problem.config.strategy})",
@@ -283,6 +326,8 @@ class _Loop:
                     if ex.in_flight < ex.capacity and done + ex.in_flight < total and not self.exhausted:
                         continue
                 for (handle, vec, metrics), result, error in ex.collect():
+                    if result is not None and self._climb(handle, vec, metrics, result):
+                        continue  # promoted: measured again at the next rung
                     self.evaluations += 1
                     self._finish(handle, vec, metrics, result, error)
                     done += 1
@@ -318,12 +363,43 @@ class _Loop:
                 told += 1
             else:
                 self.pending[key] = []
-                self.executor.submit((handle, vec, metrics), self.problem.space.decode(vec))
+                self.executor.submit((handle, vec, metrics), Job(self.problem.space.decode(vec), 0))
         return told
+
+    def _climb(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], result: dict) -> bool:
+        """Note a rung's result; submit the trial to the next rung if it is promoted (True) or else put its
+        fidelity into ``result`` (False: the trial is finished with it)."""
+        state = self.ladder.setdefault(handle.number, {"rung": -1, "rungs": len(self.rungs), "accuracies": [],
+                                                       "images": 0, "finetune_steps": 0, "seconds": 0.0})
+        rung = state["rung"] = state["rung"] + 1
+        state["accuracies"].append(result["accuracy"])
+        state["images"] += result.get("images") or 0
+        state["finetune_steps"] += result.get("finetune_steps") or 0
+        state["seconds"] += result.get("seconds") or 0.0
+        self.images += result.get("images") or 0
+        self.rung_results[rung].append(result["accuracy"])
+        if rung + 1 < len(self.rungs) and self._promoted(rung, result["accuracy"]):
+            self.executor.submit((handle, vec, metrics), Job(self.problem.space.decode(vec), rung + 1))
+            self._postfix()
+            return True
+        del self.ladder[handle.number]
+        result["seconds"] = state.pop("seconds")
+        if len(self.rungs) > 1 or state["images"]:
+            result["fidelity"] = state
+        return False
+
+    def _promoted(self, rung: int, accuracy: float) -> bool:
+        """ASHA's rule on arrival: in the top ``promote`` fraction of the rung's results so far (the first
+        ``ceil(1 / promote)`` always go on)."""
+        values = self.rung_results[rung]
+        if len(values) <= math.ceil(1 / self.promote):
+            return True
+        return accuracy >= float(np.quantile(values, 1.0 - self.promote))
 
     def _repeat(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], first: TrialRecord) -> None:
         """Tell a repeat of a tried policy that trial's result (not counted against the budget)."""
-        result = {"accuracy": first.metrics["accuracy"], "cached": True} if first.evaluated else None
+        result = {"accuracy": first.metrics["accuracy"], "cached": True, "fidelity": first.fidelity} \
+            if first.evaluated else None
         self._finish(handle, vec, metrics, result, first.error if first.state == "fail" else None, first.number)
 
     def _draw_untried(self) -> None:
@@ -357,12 +433,12 @@ class _Loop:
         else:
             if result and not result.get("cached"):
                 attrs["eval_seconds"] = result["seconds"]
-            for key in ("worker_died", "node"):  # measured again on a fresh worker; the Ray node that measured it
-                if result and result.get(key):
+            for key in ("worker_died", "node", "fidelity"):  # measured again on a fresh worker; the Ray node that
+                if result and result.get(key):                 # measured it; the rungs it reached
                     attrs[key] = result[key]
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
             record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None,
-                                 node=attrs.get("node"), duplicate_of=duplicate_of)
+                                 node=attrs.get("node"), duplicate_of=duplicate_of, fidelity=attrs.get("fidelity"))
         self.new_trials += record.counted
         self._note(record)
         self.bar.update(int(record.counted))
@@ -373,6 +449,10 @@ class _Loop:
     def _note(self, record: TrialRecord) -> None:
         if record.counted and record.vec is not None:
             self.tried.setdefault(record.key, record)
+        if record.counted and record.fidelity and not self.live:
+            for rung, accuracy in enumerate(record.fidelity["accuracies"][:len(self.rung_results)]):
+                self.rung_results[rung].append(accuracy)  # a resumed run's rungs (a live one noted them itself)
+            self.images += record.images
         if record.counted:
             self.counts["failed"] += record.state == "fail"
             self.counts["infeasible"] += record.state == "complete" and not record.feasible
@@ -383,8 +463,11 @@ class _Loop:
             return
         first = self.problem.objectives[0]
         best = self.front.best(0)
+        extra = {"images": self.images} if self.images else {}
+        if len(self.rungs) > 1:
+            extra["at rungs"] = "/".join(str(len(v)) for v in self.rung_results)
         self.bar.set_postfix({f"best {first.metric}": format_value(first.metric, best) if best is not None else "—",
-                              "front": len(self.front), **self.counts}, refresh=False)
+                              "front": len(self.front), **self.counts, **extra}, refresh=False)
 
 
 # ------------------------------------------------------------------------------------------------- entry
@@ -454,13 +537,16 @@ def run_problem(problem: Problem, run_dir: Path | None, resume: bool = False, pr
 
 def strategy_context(problem: Problem, study: Any, baselines: dict[str, dict[str, float]] | None = None,
                      resume: bool = False, where: str = "strategy_options",
-                     options: dict[str, Any] | None = None) -> StrategyContext:
-    """What the problem's strategy is built from (``baselines``: cost-only ones if not given)."""
+                     options: dict[str, Any] | None = None, run_dir: Path | None = None,
+                     progress: bool = True) -> StrategyContext:
+    """What the problem's strategy is built from (``baselines``: cost-only ones if not given); the sensitivity is
+    cached in ``run_dir`` unless the config names a cache."""
     cfg = problem.config
     baselines = baselines_of(problem, study, None) if baselines is None else baselines
     return StrategyContext(cfg.strategy, problem.space, study, problem.priced, problem.program, problem.objectives,
                            baselines, problem.program.bounds(baselines), cfg.seed,
-                           cfg.strategy_options if options is None else options, resume, where)
+                           cfg.strategy_options if options is None else options, resume, where,
+                           problem.sensitivity_source(run_dir, progress))
 
 
 def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool, callbacks: Sequence[Callback],
@@ -473,11 +559,12 @@ def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool
     try:
         baselines = baselines_of(problem, study, evaluator)
         bounds = problem.program.bounds(baselines)
-        strategy = make_strategy(strategy_context(problem, study, baselines, resume, where))
+        context = strategy_context(problem, study, baselines, resume, where, run_dir=run_dir, progress=progress)
+        strategy = make_strategy(context)
         if resume:
             recover_interrupted(study)
         else:
-            for params, attrs in warm_start_trials(problem, bounds):
+            for params, attrs in warm_start_trials(problem, bounds, context):
                 study.enqueue_trial(params, user_attrs=attrs)
         loop = _Loop(problem, strategy, executor, baselines, bounds, callbacks, progress)
         loop.run(read_records(study, problem.space))

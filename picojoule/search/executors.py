@@ -10,16 +10,17 @@ import traceback
 from collections import deque
 from typing import Any, Protocol
 
-from picojoule.search.problem import Evaluator
+from picojoule.search.problem import Evaluator, Job
 from picojoule.policy import Policy
 
 Outcome = tuple[Any, dict[str, Any] | None, str | None]
 
 
-def safe_evaluate(evaluator: Evaluator, policy: Policy) -> tuple[dict[str, Any] | None, str | None]:
-    """The evaluator's result, or None and the error's first line (the trial then fails; the search goes on)."""
+def safe_evaluate(evaluator: Evaluator, policy: Policy | Job) -> tuple[dict[str, Any] | None, str | None]:
+    """The evaluator's result on a policy (its full measurement) or a :class:`Job` (a policy at a rung); or None and
+    the error's first line (the trial then fails; the search goes on)."""
     try:
-        return evaluator(policy), None
+        return (policy(evaluator) if isinstance(policy, Job) else evaluator(policy)), None
     except Exception as e:  # any failure of one policy (a pruning the model cannot take, NaNs) fails its trial
         text = str(e).strip().splitlines()
         where = traceback.extract_tb(e.__traceback__)[-1]

@@ -151,7 +151,19 @@ class TrialRecord:
     node: str | None = None  # the id of the Ray node that measured it (workers: N)
     duplicate_of: int | None = None  # the trial that first tried this policy (this one is not counted)
     drawn: str | None = None  # why the engine drew this policy instead of the strategy
+    #: multi-fidelity: {"rung", "rungs", "accuracies" (one per rung reached), "images", "finetune_steps"}
+    fidelity: dict | None = None
     policy: Policy | None = field(default=None, repr=False)  # set on a finished search's Pareto-front trials
+
+    @property
+    def full_fidelity(self) -> bool:
+        """Whether its accuracy is the full measurement (the last rung), as a Pareto-front member's must be."""
+        return self.fidelity is None or self.fidelity["rung"] == self.fidelity["rungs"] - 1
+
+    @property
+    def images(self) -> int:
+        """Validation images its measurement read, over every rung (0: not measured, or by a metric callable)."""
+        return int((self.fidelity or {}).get("images") or 0)
 
     @property
     def feasible(self) -> bool:
@@ -180,7 +192,7 @@ def _record(trial: FrozenTrial, space: Space, tests: dict[str, float]) -> TrialR
         constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
         retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
         warm_start=attrs.get("warm_start"), node=attrs.get("node"), duplicate_of=attrs.get("duplicate_of"),
-        drawn=attrs.get("drawn"))
+        drawn=attrs.get("drawn"), fidelity=attrs.get("fidelity"))
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:

@@ -16,8 +16,8 @@ def losses(record: TrialRecord, objectives: Sequence[Objective]) -> np.ndarray:
 
 
 def eligible(record: TrialRecord, needs_accuracy: bool) -> bool:
-    """Feasible, complete, and (when accuracy matters) measured."""
-    return record.feasible and (record.evaluated or not needs_accuracy)
+    """Feasible, complete, and (when accuracy matters) measured in full (the last fidelity rung)."""
+    return record.feasible and (not needs_accuracy or (record.evaluated and record.full_fidelity))
 
 
 def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[Objective],

@@ -8,9 +8,10 @@ Every loading error is re-raised as one line naming the config file and the fiel
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,19 +135,38 @@ class Evaluator:
         """Whether a test measurement exists (a test split, or a test metric)."""
         return self.test_metric is not None or self.test is not None
 
-    def __call__(self, policy: Policy, split: str = "validation") -> dict[str, Any]:
-        """``{"accuracy", "seconds"}`` of ``policy`` on ``split`` (validation or test)."""
+    def __call__(self, policy: Policy, split: str = "validation", rung: int = -1) -> dict[str, Any]:
+        """``{"accuracy", "seconds", "images", "finetune_steps"}`` of ``policy`` on ``split`` (validation or test) at
+        fidelity ``rung`` (an index into ``evaluation.rungs``; -1: the full measurement). A rung's ``images`` take
+        the first N validation images (the test split is always measured whole); its fine-tune is repeated as it
+        was for the validation measurement (same steps, same seed), so both splits see the same model."""
         data, metric = (self.test, self.test_metric) if split == "test" else (self.validation, self.metric)
         if data is None and metric is None:
             raise PicojouleError(f"no {split} data or metric to measure accuracy on")
+        step = self.cfg.rungs[rung]
+        if split != "test" and metric is None and step.images is not None and data is not None:
+            data = data.subset(step.images)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             _, result = evaluate_policy(
                 self.model, self.example, policy, data, metric=metric, graph=self.graph,
                 calib_data=self.calib, train_data=self.train,
                 calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
-                finetune_steps=self.cfg.finetune_steps, seed=self.seed)
-        return {"accuracy": result["accuracy"], "seconds": result["seconds"]}
+                finetune_steps=step.finetune_steps, seed=self.seed)
+        steps = (result.get("finetune") or {}).get("steps", 0)
+        return {"accuracy": result["accuracy"], "seconds": result["seconds"],
+                "images": len(data) if metric is None and data is not None else None, "finetune_steps": steps}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One accuracy measurement the search hands an executor: a policy at a fidelity rung."""
+
+    policy: Policy
+    rung: int = -1
+
+    def __call__(self, evaluator: Evaluator) -> dict[str, Any]:
+        return evaluator(self.policy, rung=self.rung)
 
 
 @dataclass(repr=False)
@@ -165,6 +185,7 @@ class Problem:
     data: Datasets | None = None
     metric: Metric | None = None  # measures a compressed model (reported as accuracy); None: top-1 on validation
     test_metric: Metric | None = None  # reports the front on test data after the search; None: top-1 on data.test
+    given_sensitivity: Any = None  # a Sensitivity of the model on this space, passed in (else measured when needed)
 
     def __repr__(self) -> str:
         return (f"Problem({self.graph.name} on {self.target.name}, {self.space.dim} knobs, "
@@ -179,6 +200,41 @@ class Problem:
     def cost(self, policies: PolicyBatch | Sequence[Policy]) -> dict[str, np.ndarray]:
         """The hardware metrics of N policies (vectorised), each an (N,) array."""
         return self.priced(policies)[0]
+
+    def sensitivity_source(self, cache_dir: Path | None = None, progress: bool = True) -> Callable[[], Any] | None:
+        """A callable that returns the model's per-layer sensitivity on this space (computed on the first call,
+        on labelled training data, cached as sensitivity.json in ``config.sensitivity.cache`` or else ``cache_dir``);
+        None when there is neither a given sensitivity nor a model with labelled training data."""
+        if self.given_sensitivity is not None:
+            return lambda: self.given_sensitivity
+        labelled = self._labelled()
+        if self.model is None or labelled is None:
+            return None
+        memo: list[Any] = []
+
+        def measure() -> Any:
+            if not memo:
+                from picojoule.sensitivity import sensitivity
+
+                cfg = self.config.sensitivity
+                where = cfg.cache or cache_dir
+                memo.append(sensitivity(self.model, self.example, self.space, labelled,
+                                        calib_data=self.data.calibration if self.data else None, images=cfg.images,
+                                        calib_images=cfg.calib_images, hessian_iters=cfg.hessian_iters,
+                                        seed=self.config.seed, cache_dir=where, progress=progress))
+            return memo[0]
+
+        return measure
+
+    def _labelled(self) -> ArrayDataset | None:
+        """Labelled training data for the sensitivity: the train split, else a labelled calibration split."""
+        data = self.data
+        if data is None:
+            return None
+        for split in (data.train, data.calibration):
+            if isinstance(split, ArrayDataset) and len(split):
+                return split
+        return None
 
     def evaluator(self) -> Evaluator:
         if self.model is None or self.data is None:

@@ -27,7 +27,8 @@ import torch
 
 from picojoule.errors import PicojouleError
 from picojoule.search.constraints import all_hold
-from picojoule.search.engine import SearchResult, baselines_of, finish_run, jsonable, score, warm_start_trials
+from picojoule.search.engine import (SearchResult, baselines_of, finish_run, jsonable, score, strategy_context,
+                                     warm_start_trials)
 from picojoule.search.executors import safe_evaluate
 from picojoule.search.journal import (STUDY_NAME, knob_distributions, open_study, quiet_optuna, read_records,
                                       recover_interrupted)
@@ -105,7 +106,8 @@ def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, wher
         baselines = baselines_of(problem, study, evaluator)
         bounds = problem.program.bounds(baselines)
         if not resume:
-            for params, attrs in warm_start_trials(problem, bounds):
+            context = strategy_context(problem, study, baselines, resume, where, run_dir=run_dir, progress=progress)
+            for params, attrs in warm_start_trials(problem, bounds, context):
                 study.enqueue_trial(params, user_attrs=attrs)
         done = sum(r.counted for r in read_records(study, problem.space))
         remaining = max(cfg.trials - done, 0)

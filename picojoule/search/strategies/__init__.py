@@ -17,11 +17,12 @@ if TYPE_CHECKING:
 #: strategy name -> "module:class" in this package; the Optuna ones share a class and differ by sampler
 STRATEGIES: dict[str, str] = {"nsga2": "optuna_samplers:OptunaStrategy", "tpe": "optuna_samplers:OptunaStrategy",
                               "gp": "optuna_samplers:OptunaStrategy", "random": "optuna_samplers:OptunaStrategy",
-                              "ddpg": "ddpg:DDPGStrategy"}
+                              "ddpg": "ddpg:DDPGStrategy", "ilp": "ilp:ILPStrategy"}
 _EXPORTS = {"Handle": "base", "Strategy": "base", "StrategyContext": "base", "OptunaStrategy": "optuna_samplers",
-            "DDPGStrategy": "ddpg", "DDPGOptions": "ddpg"}
+            "DDPGStrategy": "ddpg", "DDPGOptions": "ddpg", "ILPStrategy": "ilp", "ILPOptions": "ilp"}
 
-__all__ = ["STRATEGIES", "DDPGOptions", "DDPGStrategy", "Handle", "OptunaStrategy", "Strategy", "StrategyContext",
+__all__ = ["STRATEGIES", "DDPGOptions", "DDPGStrategy", "Handle", "ILPOptions", "ILPStrategy", "OptunaStrategy",
+           "Strategy", "StrategyContext",
            "make_sampler", "make_strategy", "strategy_class"]
 
 
@@ -48,6 +49,11 @@ def make_sampler(name: str, seed: int, options: dict[str, Any], where: str) -> o
         from picojoule.search.strategies.ddpg import DDPGOptions
 
         DDPGOptions.parse(options, where)
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "ilp":  # proposes its own vectors too; the random sampler only fills in once the ILP is exhausted
+        from picojoule.search.strategies.ilp import ILPOptions
+
+        ILPOptions.parse(options, where)
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna_sampler(name, seed, options, where)
 

@@ -64,6 +64,8 @@ class StrategyContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     where: str = "strategy_options"  # names the options in error messages
+    #: () -> the per-layer Sensitivity of the model on the space (computed once, cached); None: no labelled data
+    sensitivity: Callable[[], Any] | None = None
 
     @property
     def directions(self) -> list[str]:

@@ -1,0 +1,266 @@
+"""A HAWQ-V3-style integer program over a space: one option per block of knobs, the least summed sensitivity under
+the hardware bounds.
+
+Pure code (numpy and scipy; no weights): what it needs is the space, the constraint program with its bounds, a
+costing function (choice-index vectors -> total metrics, the cost model) and per-choice scores (from a
+:class:`~picojoule.sensitivity.Sensitivity`, or learned from measured trials).
+
+*Blocks.* Each layer's per-layer knobs (``w_bits``, ``a_bits``, ``rank``, ``sparsity``) form one block whose options
+are their joint choices, so that a layer's cost, which multiplies weight and activation widths, is priced per
+combination and not as a sum of separate effects (as HAWQ-V3 prices a layer's bit configuration); a group-wide knob
+(``keep``) is a block of its own. A layer whose joint options would exceed ``joint_limit`` keeps its knobs apart.
+
+*Linearisation.* Around a reference vector ``r`` each option's cost is ``metric(r with the block at the option) -
+metric(r)``, priced by the full cost model in one batch (a few hundred policies, milliseconds). The program is a
+multiple-choice knapsack::
+
+    minimise   sum_b sum_o score[b, o] x[b, o]
+    subject to sum_o x[b, o] = 1                                     for every block b
+               sum_b sum_o delta_m[b, o] x[b, o] <= bound_m - m(r)   for every hardware bound m
+               sum_(b, o) in s  x[b, o] <= |blocks| - 1              for every excluded solution s
+               x binary
+
+solved by scipy's ``milp`` (HiGHS). Interactions between blocks (a pruned group changes its neighbours' MACs, a
+layer's activation width its producer's output traffic) make the linear costs approximate, so every solution is
+re-checked with the full cost model: a solution that breaks a bound is linearised again around itself with the
+bound tightened by the linearisation's error, up to ``refits`` times; if it still breaks a bound it is lowered onto
+the bounds with HAQ's adjustment (:class:`~picojoule.search.projection.Projector`). A solution reports its
+predicted and priced metrics so a user sees how good the linear model was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from picojoule.errors import PicojouleError
+from picojoule.search.constraints import Constraint, ConstraintProgram
+from picojoule.search.metrics import format_value
+from picojoule.search.projection import Costing, Projector, knob_capacity
+from picojoule.spaces.space import Space
+
+#: per-layer knob kinds that share a block (their joint choices are the block's options)
+LAYER_KINDS = ("w_bits", "a_bits", "rank", "sparsity")
+#: sensitivity measures a score can be read from (the Sensitivity table's columns)
+MEASURES = ("loss", "kl", "hawq")
+
+
+@dataclass(frozen=True)
+class Block:
+    """Knob dimensions chosen together; ``options`` (O, len(dims)) their joint choice indices."""
+
+    dims: tuple[int, ...]
+    options: np.ndarray
+
+
+def make_blocks(space: Space, joint_limit: int = 64) -> list[Block]:
+    """A block per layer (its per-layer knobs' joint choices, if at most ``joint_limit``), one per group knob."""
+    by_layer: dict[str, list[int]] = {}
+    blocks: list[Block] = []
+    for d, knob in enumerate(space.knobs):
+        if knob.kind in LAYER_KINDS:
+            by_layer.setdefault(knob.layer, []).append(d)
+        else:
+            blocks.append(Block((d,), np.arange(len(knob.choices))[:, None]))
+    for dims in by_layer.values():
+        sizes = [len(space.knobs[d].choices) for d in dims]
+        if math.prod(sizes) <= joint_limit:
+            blocks.append(Block(tuple(dims), np.asarray(list(itertools.product(*map(range, sizes))), dtype=np.int64)))
+        else:
+            blocks.extend(Block((d,), np.arange(n)[:, None]) for d, n in zip(dims, sizes))
+    return sorted(blocks, key=lambda b: b.dims[0])
+
+
+def sensitivity_scores(space: Space, sensitivity: Any, measure: str = "loss") -> list[np.ndarray]:
+    """Per knob, the score of each choice: the loss increase (``loss``), the KL divergence (``kl``) or, for weight
+    widths, HAWQ-V3's ``avg_trace * ||W - Q(W)||^2`` (``hawq``; other knobs then use the loss increase) of that
+    choice alone, clipped at 0 (a measured decrease is noise, not a gain). A sensitivity computed for another space
+    is refused with the first knob it lacks."""
+    if measure not in MEASURES:
+        raise PicojouleError(f"ilp: unknown sensitivity measure '{measure}' (expected one of {', '.join(MEASURES)})")
+    rows: dict[tuple[str, float], dict[str, Any]] = {(r["knob"], float(r["choice"])): r for r in sensitivity.table}
+    scores = []
+    for knob in space.knobs:
+        values = []
+        for choice in knob.choices:
+            row = rows.get((knob.name, float(choice)))
+            if row is None:
+                raise PicojouleError(f"ilp: the sensitivity has no row for knob '{knob.name}' = {choice:g}: it was "
+                                     "computed for another space; compute it for this one")
+            column = {"loss": "loss_increase", "kl": "kl", "hawq": "hawq_v3"}[measure]
+            value = row.get(column)
+            if value is None:
+                value = row["loss_increase"]
+            values.append(max(float(value), 0.0))
+        scores.append(np.asarray(values))
+    return scores
+
+
+@dataclass
+class Solution:
+    """An ILP solution: its vector, the summed score, and per hardware bound the linear prediction and the price."""
+
+    vec: np.ndarray
+    score: float
+    predicted: dict[str, float] = field(default_factory=dict)
+    priced: dict[str, float] = field(default_factory=dict)
+    refits: int = 0
+    projected: bool = False
+
+    def describe(self) -> str:
+        parts = [f"{m}: predicted {format_value(m.split()[0], p)}, priced {format_value(m.split()[0], self.priced[m])}"
+                 for m, p in self.predicted.items()]
+        return (f"ILP score {self.score:.4g}; " + "; ".join(parts)
+                + (f"; {self.refits} re-linearisation(s)" if self.refits else "")
+                + ("; lowered onto the bounds" if self.projected else ""))
+
+
+class ILPPlanner:
+    """Solves the program of the module doc for one space, program and bounds."""
+
+    def __init__(self, space: Space, program: ConstraintProgram, bounds: Mapping[str, float], cost: Costing,
+                 joint_limit: int = 64, refits: int = 4):
+        self.space, self.program, self.bounds, self.cost = space, program, dict(bounds), cost
+        self.blocks = make_blocks(space, joint_limit)
+        self.refits = refits
+        #: the caps the program solves under: key -> (metric, value); by default the program's hardware bounds
+        self.caps = {c.text: (c.metric, self.bounds[c.text]) for c in program.hardware}
+        # the least compressed policy: each knob at its most capable choice (the start of the linearisation)
+        self.top = np.asarray([int(np.argmax(knob_capacity(k, space))) for k in space.knobs], dtype=np.int64)
+        self.bottom = np.asarray([int(np.argmin(knob_capacity(k, space))) for k in space.knobs], dtype=np.int64)
+        self._offsets = np.cumsum([0] + [len(b.options) for b in self.blocks])
+
+    def _projector(self, target: Mapping[str, float]) -> Projector:
+        """HAQ's adjustment onto the caps at ``target`` (upper bounds on their metrics)."""
+        caps = ConstraintProgram(tuple(Constraint(key, metric, True, value) for key, (metric, _) in self.caps.items()
+                                       for value in [target[key]]))
+        return Projector(self.space, caps, {c.text: c.value for c in caps}, self.cost)
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def check_feasible(self, where: str = "ilp") -> None:
+        """Raise (one line) when the most compressed policy of the space already breaks a hardware bound: no
+        policy can meet it."""
+        metrics = self.cost(self.bottom[None])
+        for key, (metric, bound) in self.caps.items():
+            least = float(metrics[metric][0])
+            if least > bound:
+                raise PicojouleError(
+                    f"{where}: no policy of the space meets '{key}': the most compressed one is at "
+                    f"{format_value(metric, least)} ({least / bound:.2f}x the bound "
+                    f"{format_value(metric, bound)}); loosen the bound or allow lower choices in the space")
+
+    # -- the program -------------------------------------------------------------------------------
+
+    def _option_vectors(self, ref: np.ndarray) -> np.ndarray:
+        """(sum O_b, D): ``ref`` with each block set to each of its options."""
+        out = np.repeat(ref[None], self._offsets[-1], 0)
+        for b, block in enumerate(self.blocks):
+            rows = slice(self._offsets[b], self._offsets[b + 1])
+            sub = out[rows]
+            sub[:, list(block.dims)] = block.options
+            out[rows] = sub
+        return out
+
+    def option_scores(self, scores: Sequence[np.ndarray]) -> np.ndarray:
+        """(sum O_b,) each option's summed per-knob score."""
+        out = []
+        for block in self.blocks:
+            total = np.zeros(len(block.options))
+            for j, d in enumerate(block.dims):
+                total += scores[d][block.options[:, j]]
+            out.append(total)
+        return np.concatenate(out)
+
+    def vector_of(self, x: np.ndarray) -> np.ndarray:
+        vec = self.top.copy()
+        for b, block in enumerate(self.blocks):
+            o = int(np.argmax(x[self._offsets[b]:self._offsets[b + 1]]))
+            vec[list(block.dims)] = block.options[o]
+        return vec
+
+    def selection(self, vec: np.ndarray) -> np.ndarray:
+        """The option indices (into the flat variable vector) that ``vec`` selects."""
+        out = []
+        for b, block in enumerate(self.blocks):
+            o = np.flatnonzero((block.options == vec[list(block.dims)]).all(1))
+            out.append(self._offsets[b] + int(o[0]))
+        return np.asarray(out)
+
+    def _solve_once(self, c: np.ndarray, ref: np.ndarray, limits: Mapping[str, float],
+                    exclude: Sequence[np.ndarray], time_limit: float) -> tuple[np.ndarray | None, dict[str, float]]:
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        n, nb = int(self._offsets[-1]), len(self.blocks)
+        rows, lo, hi = [], [], []
+        onehot = np.zeros((nb, n))
+        for b in range(nb):
+            onehot[b, self._offsets[b]:self._offsets[b + 1]] = 1
+        rows.append(onehot)
+        lo.append(np.ones(nb))
+        hi.append(np.ones(nb))
+        base = self.cost(ref[None])
+        options = self.cost(self._option_vectors(ref))
+        deltas = {}
+        for key, (metric, _) in self.caps.items():
+            delta = options[metric] - base[metric][0]
+            deltas[key] = (float(base[metric][0]), delta)
+            rows.append(delta[None])
+            lo.append([-np.inf])
+            hi.append([limits[key] - base[metric][0]])
+        for vec in exclude:
+            cut = np.zeros((1, n))
+            cut[0, self.selection(vec)] = 1
+            rows.append(cut)
+            lo.append([-np.inf])
+            hi.append([nb - 1])
+        res = milp(c, constraints=LinearConstraint(np.vstack(rows), np.concatenate(lo), np.concatenate(hi)),
+                   integrality=np.ones(n), bounds=Bounds(0, 1), options={"time_limit": time_limit})
+        if res.x is None:
+            return None, {}
+        x = np.round(res.x)
+        predicted = {k: b + float(d @ x) for k, (b, d) in deltas.items()}
+        return x, predicted
+
+    def price(self, vec: np.ndarray) -> dict[str, float]:
+        metrics = self.cost(vec[None])
+        return {key: float(metrics[metric][0]) for key, (metric, _) in self.caps.items()}
+
+    def solve(self, scores: Sequence[np.ndarray], scale: float = 1.0, exclude: Sequence[np.ndarray] = (),
+              time_limit: float = 10.0) -> Solution | None:
+        """The least-score vector under every cap times ``scale`` (not one of ``exclude``); None when the program
+        has no solution."""
+        c = self.option_scores(scores)
+        c = c + 1e-9 * np.arange(len(c)) / len(c)  # a fixed tie-break: equal scores pick the first option
+        target = {key: value * scale for key, (_, value) in self.caps.items()}
+        limits, ref = dict(target), self.top
+        best = None
+        for attempt in range(self.refits + 1):
+            x, predicted = self._solve_once(c, ref, limits, exclude, time_limit)
+            if x is None:
+                break
+            vec = self.vector_of(x)
+            priced = self.price(vec)
+            best = Solution(vec, float(self.option_scores(scores)[self.selection(vec)].sum()), predicted, priced,
+                            attempt)
+            over = {k: priced[k] - target[k] for k in target if priced[k] > target[k]}
+            if not over:
+                return best
+            # re-linearise around the solution, the bound tightened by what the linear model missed
+            ref = vec
+            limits = {k: limits[k] - max(priced[k] - predicted[k], 0.0) if k in over else limits[k] for k in limits}
+        if best is None:
+            return None
+        lowered = self._projector(target)(best.vec)
+        if any(tuple(lowered) == tuple(v) for v in exclude):
+            return None
+        priced = self.price(lowered)
+        if any(priced[k] > target[k] for k in target):
+            return None
+        return Solution(lowered, float(self.option_scores(scores)[self.selection(lowered)].sum()), best.predicted,
+                        priced, best.refits, projected=True)

@@ -1,31 +1,28 @@
-"""Benchmark: search strategies on ResNet-20 / CIFAR-10 (lossless subset) on Eyeriss, energy <= 0.5 x uniform INT8.
+"""Benchmark: search strategies at one budget in validation images, selected on validation, reported on test.
 
-Three parts, each optional (``--parts``):
+Cases (``--case``, see :data:`CASES`): ResNet-20 / CIFAR-10 on Eyeriss at ``energy <= 0.5 * uniform_int8``
+(``r20-e0.5``) and ``<= 0.4`` (``r20-e0.4``), ResNet-56 at 0.5 (``r56-e0.5``), and ResNet-20 on a100 at
+``latency <= 0.6 * uniform_int8`` (``r20-a100``). Every case is ``experiments/configs/resnet20_eyeriss.yaml``
+with its changes: validation = 1000 JPEG test images disjoint from the 1017 lossless test images that report;
+two fidelity rungs (200 validation images after calibration; the top fifth on all 1000 after a 20-step KD
+fine-tune); the sensitivity on 256 training images, cached per case.
 
-* quality: for each strategy (nsga2, tpe, ddpg, random by default), the best feasible accuracy and the
-  hypervolume of the feasible (accuracy, energy) points after K and M accuracy evaluations (defaults 50 and 200;
-  a policy measured before is not counted again), beside uniform W8A8 and W4A8 (and FP32). The hypervolume is
-  the area dominated in [0, 1] accuracy x [0, bound] energy, normalised by that box (reference: accuracy 0,
-  energy at the bound). The search stops as soon as it has spent M evaluations. Every strategy is warm-started
-  with the same ``--warm-start`` baselines (default uniform W8A8, W4A8, W4A4), each lowered onto the bound by
-  the cost model (HAQ's adjustment, :mod:`picojoule.search.projection`); they are reported as fixed rows too,
-  so the table shows what each search adds to its starting points. Then, as HAQ
-  does with its search's winner, the best feasible policy at M is fine-tuned (knowledge distillation from the
-  FP32 model on the subset's training split, ``--finetune-seconds``) and tested again: the search ranks policies
-  by post-training accuracy, the fine-tune shows what the winner is worth once repaired.
-* overhead: cost-only trials per second through the whole engine (ask, price, tell, Optuna's journal), same
-  space and bound with objectives energy and size, timed between the first and the last trial (goal >= 20/s).
-* ray: accuracy-bound trials (random strategy, no hardware bound: every trial is evaluated) per second in this
-  process and on 2 Ray actors, in the same run; the ratio is the speed-up (goal >= 1.8x). Evaluation runs on one
-  torch thread in both arms (``--threads``), as each actor does.
+``quality``: one strategy on one case, until ``--images`` validation images are spent (default 80,000: 200
+candidates at the first rung and 40 at the second). Strategies (:data:`ROWS`): ``ilp``; ``nsga2`` and ``tpe``
+with the sensitivity prior and the ILP's seeds beside the uniform warm starts; ``ddpg`` with the same seeds;
+``random`` from the uniform warm starts only (W8A8, W4A8, W4A4, each lowered onto the bound). The winner is the
+front's best validation accuracy; its test top-1 is measured after the search (as every front member's), then
+it gets the final fine-tune (``--finetune-seconds`` of KD with crop+flip, the same for every row) and is tested
+again. Hypervolume: the area the front's (validation accuracy, cost) points dominate in [0, 1] x [0, bound].
+``baselines``: the uniform policies lowered onto the bound and the ILP's first solution alone, measured the same
+way (top rung, test, final fine-tune). ``report`` writes experiments/results/bench_search.md from every JSON
+under experiments/results/bench_search/. ``overhead`` and ``ray`` are the engine-speed parts.
 
-Results are rewritten after every strategy and part, so an interrupted run keeps what it measured; parts not
-run keep the figures an earlier run wrote.
-
-Run (from the repository root): python experiments/bench_search.py [--k 50 --m 200] [--strategies ddpg random]
-    [--parts quality overhead ray] [--test-images 500] [--overhead-trials 300] [--ray-trials 12] [--ddpg-warmup 8]
-    [--finetune-seconds 120] [--augment] [--runs DIR]  (--parts finetune: the final fine-tune again on DIR's runs)
-Writes experiments/results/bench_search.{json,md}.
+Run (from the repository root), e.g. two strategies side by side on the 2 cores:
+    python experiments/bench_search.py quality --case r20-e0.5 --strategy ilp &
+    python experiments/bench_search.py quality --case r20-e0.5 --strategy random
+    python experiments/bench_search.py baselines --case r20-e0.5
+    python experiments/bench_search.py report
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,43 +40,60 @@ import torch
 from picojoule.search import run_search
 from picojoule.search.baselines import baseline_policy
 from picojoule.search.config import config_from_dict, load_config
-from picojoule.search.engine import warm_start_trials
-from picojoule.search.journal import TrialRecord, quiet_optuna
+from picojoule.search.engine import SearchResult, strategy_context, warm_start_trials
 from picojoule.search.evaluate import evaluate_policy
+from picojoule.search.journal import TrialRecord, quiet_optuna
 from picojoule.search.problem import CALIB_BATCH, Problem, build_problem
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "configs" / "resnet20_eyeriss.yaml"
-STRATEGY_OPTIONS = {"nsga2": {"population_size": 20}}
-PARTS = ("quality", "finetune", "overhead", "ray")
-UNIFORMS = {"FP32": "fp32", "uniform W8A8": "uniform_int8", "uniform W4A8": "uniform_w4a8"}
-WARM_STARTS = ["uniform_int8", "uniform_w4a8", "uniform_w4a4"]
+RESULTS = HERE / "results"
+PARTS_DIR = RESULTS / "bench_search"
+UNIFORM_STARTS = ["uniform_int8", "uniform_w4a8", "uniform_w4a4"]
+#: row -> (strategy, options, warm starts)
+ROWS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
+    "ilp": ("ilp", {}, ["ilp"]),
+    "nsga2": ("nsga2", {"population_size": 20, "prior": "sensitivity"}, ["ilp", *UNIFORM_STARTS]),
+    "tpe": ("tpe", {"prior": "sensitivity"}, ["ilp", *UNIFORM_STARTS]),
+    "ddpg": ("ddpg", {}, ["ilp", *UNIFORM_STARTS]),
+    "random": ("random", {}, UNIFORM_STARTS),
+}
+A100_SPACE = {"defaults": {"w_bits": [4, 8], "a_bits": [4, 8], "keep": [0.75, 0.875, 1.0]},
+              "layers": {"*": {"rank": [0]}}}
+#: case -> (title, changes to the config)
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "r20-e0.5": ("ResNet-20 on eyeriss, energy <= 0.5 x uniform INT8", {}),
+    "r20-e0.4": ("ResNet-20 on eyeriss, energy <= 0.4 x uniform INT8",
+                 {"constraints": ["energy <= 0.4 * uniform_int8"]}),
+    "r56-e0.5": ("ResNet-56 on eyeriss, energy <= 0.5 x uniform INT8",
+                 {"model": "resnet56", "weights": "../shared/data/models/resnet56_cifar10.th"}),
+    "r20-a100": ("ResNet-20 on a100 (batch 256), latency <= 0.6 x uniform INT8",
+                 {"target": "a100", "cost_model": "roofline", "batch": 256,
+                  "objectives": ["maximise accuracy", "minimise latency"],
+                  "constraints": ["latency <= 0.6 * uniform_int8"], "space": A100_SPACE}),
+}
 
 
 class Enough(Exception):
-    """Raised by :class:`Recorder` once the evaluation budget is spent (it ends the search)."""
+    """Raised by :class:`Recorder` once the image budget is spent (it ends the search)."""
 
 
 class Recorder:
-    """A search callback: each finished trial with its time and the accuracy evaluations spent so far."""
+    """A search callback: each finished trial, with the validation images and wall time spent so far."""
 
-    def __init__(self, limit: int | None = None):
-        self.limit, self.evaluations = limit, 0
+    def __init__(self, images: int | None = None):
+        self.limit, self.images, self.start = images, 0, time.perf_counter()
         self.rows: list[tuple[float, int, TrialRecord]] = []
-        self._measured: set[tuple[int, ...]] = set()
 
     def __call__(self, record: TrialRecord) -> None:
-        fresh = record.state == "fail" or (record.evaluated and record.key not in self._measured)
-        if record.evaluated:
-            self._measured.add(record.key)
-        self.evaluations += fresh
-        self.rows.append((time.perf_counter(), self.evaluations, record))
-        if self.limit is not None and self.evaluations >= self.limit:
+        if record.counted:
+            self.images += record.images
+        self.rows.append((time.perf_counter(), self.images, record))
+        if self.limit is not None and self.images >= self.limit:
             raise Enough
 
     def rate(self, first_batch: int = 1) -> float:
-        """Trials per second from the end of the first batch (the first ``first_batch`` trials, which finish
-        together when that many run in parallel) to the last trial."""
+        """Trials per second from the end of the first batch to the last trial."""
         if len(self.rows) <= first_batch:
             return float("nan")
         return (len(self.rows) - first_batch) / (self.rows[-1][0] - self.rows[first_batch - 1][0])
@@ -96,219 +109,182 @@ def hypervolume(points: list[tuple[float, float]], bound: float) -> float:
     return area
 
 
-def config_for(path: Path, strategy: str, **changes: Any) -> dict[str, Any]:
-    """The benchmark's config with ``strategy`` (its own options) and the benchmark's warm starts; ``changes``
-    replace fields (a mapping merges into a mapping field)."""
-    cfg = load_config(path).dump()
-    cfg.update(strategy=strategy, strategy_options=STRATEGY_OPTIONS.get(strategy, {}), warm_start=WARM_STARTS)
-    for key, value in changes.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+def case_config(case: str, **changes: Any) -> dict[str, Any]:
+    cfg = load_config(CONFIG).dump()
+    cfg.update(CASES[case][1])
+    cfg["sensitivity"] = {**cfg["sensitivity"], "cache": str(Path("runs") / "cache" / f"sensitivity-{case}")}
+    cfg.update(changes)
     return cfg
 
 
-def search(cfg: dict[str, Any], run_dir: Path, recorder: Recorder, trials: int) -> float:
-    """Run until the trials or the recorder's evaluations are spent; wall seconds."""
-    start = time.perf_counter()
-    try:
-        run_search(cfg, run_dir, progress=False, callbacks=[recorder], trials=trials)
-    except Enough:
-        pass
-    return time.perf_counter() - start
-
-
-def summary(recorder: Recorder, evaluations: int, metric: str, bound: float) -> dict[str, Any]:
-    """Best feasible accuracy and hypervolume once ``evaluations`` were spent."""
-    records = [r for _, spent, r in recorder.rows if spent <= evaluations]
-    measured = [r for r in records if r.feasible and r.evaluated]
-    points = [(r.metrics["accuracy"], r.metrics[metric]) for r in measured]
-    return {"evaluations": min(evaluations, recorder.evaluations), "trials": len(records),
-            "feasible_measured": len({r.key for r in measured}),
-            "best_accuracy": max((a for a, _ in points), default=None), "hypervolume": hypervolume(points, bound)}
-
-
-def best_feasible(recorder: Recorder, evaluations: int) -> TrialRecord | None:
-    """The feasible measured trial of highest accuracy once ``evaluations`` were spent (earliest on ties)."""
-    measured = [r for _, spent, r in recorder.rows if spent <= evaluations and r.feasible and r.evaluated]
-    return max(measured, key=lambda r: (r.metrics["accuracy"], -r.number), default=None)
-
-
-def replay(run_dir: Path, problem: Problem) -> Recorder:
-    """A finished quality run's trials from its journal, counted as the live run's recorder counted them."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    from picojoule.search.journal import JOURNAL, STUDY_NAME, read_records
-
-    study = optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(run_dir / JOURNAL))))
-    recorder = Recorder()
-    for record in read_records(study, problem.space):
-        if record.counted:
-            recorder(record)
-    return recorder
-
-
-def finetuned(problem: Problem, record: TrialRecord, seconds: float, augment: bool = False) -> dict[str, Any]:
-    """``record``'s policy fine-tuned for ``seconds`` (KD from the FP32 model; ``augment``: crop+flip) and tested."""
+def final_finetune(problem: Problem, vec: np.ndarray, seconds: float) -> dict[str, Any]:
+    """The policy fine-tuned for ``seconds`` (KD from the FP32 model, crop+flip) and tested on the test split."""
     cfg = problem.config
-    test = problem.data.test.subset(cfg.evaluation.test_images) if cfg.evaluation.test_images else problem.data.test
-    _, result = evaluate_policy(problem.model, problem.example, problem.space.decode(record.vec), test,
+    _, result = evaluate_policy(problem.model, problem.example, problem.space.decode(vec), problem.data.test,
                                 graph=problem.graph, calib_data=problem.data.calibration, train_data=problem.data.train,
                                 calib_batches=-(-cfg.evaluation.calibration_images // CALIB_BATCH),
-                                finetune_seconds=seconds, augment=augment, seed=cfg.seed)
-    return {"trial": record.number, "before": record.metrics["accuracy"], "after": result["accuracy"],
-            "steps": result["finetune"]["steps"], "seconds": result["seconds"], "augment": augment}
+                                finetune_seconds=seconds, augment=True, seed=cfg.seed)
+    return {"test_accuracy": result["accuracy"], "steps": result["finetune"]["steps"], "seconds": result["seconds"]}
 
 
-def uniforms(problem: Problem) -> tuple[dict[str, Any], str, float, str]:
-    """Accuracy, cost and hypervolume of the uniform baselines; the hardware bound's metric, value and text."""
+def quality(case: str, row: str, images: int, seconds: float, runs: Path) -> dict[str, Any]:
+    strategy, options, starts = ROWS[row]
+    cfg = case_config(case, strategy=strategy, strategy_options=options, warm_start=starts, trials=100_000)
+    rec = Recorder(images)
+    run_dir = runs / f"{case}-{row}"
+    start = time.perf_counter()
+    try:
+        run_search(cfg, run_dir, progress=True, callbacks=[rec])
+    except Enough:
+        pass
+    wall = time.perf_counter() - start
+    # the search stopped at the budget: finish it (front, test split) without more trials
+    res: SearchResult = run_search(None, run_dir, resume=True, progress=False, trials=1)
+    hw = res.problem.program.hardware[0]
+    bound = res.bounds[hw.text]
+    counted = [r for r in res.records if r.counted]
+    winner = res.best("accuracy") if res.front else None
+    out = {"case": case, "row": row, "strategy": strategy, "options": options, "warm_start": starts,
+           "constraint": hw.text, "metric": hw.metric, "wall_s": wall, "images": sum(r.images for r in counted),
+           "trials": len(counted), "measured": sum(r.evaluated for r in counted),
+           "at_top_rung": sum(r.evaluated and r.full_fidelity for r in counted),
+           "hypervolume": hypervolume([(r.metrics["accuracy"], r.metrics[hw.metric]) for r in res.front], bound),
+           "front": len(res.front), "load_avg_start": os.getloadavg()[0]}
+    if winner is not None:
+        out["winner"] = {"trial": winner.number, "validation": winner.metrics["accuracy"],
+                         "test": winner.metrics.get("test_accuracy"), "cost_ratio": winner.metrics[hw.metric] / bound,
+                         "warm_start": winner.warm_start}
+        out["winner"]["final"] = final_finetune(res.problem, winner.vec, seconds)
+    return out
+
+
+def baselines(case: str, seconds: float) -> dict[str, Any]:
+    """Uniform policies lowered onto the bound and the ILP alone, measured as the strategies' winners are."""
+    cfg = case_config(case, strategy="ilp", warm_start=[*UNIFORM_STARTS, "ilp"])
+    problem = build_problem(config_from_dict(cfg))
+    import optuna
+
+    study = optuna.create_study(directions=[o.direction for o in problem.objectives])
+    context = strategy_context(problem, study)
     hw = problem.program.hardware[0]
-    ref = problem.cost([baseline_policy(hw.baseline, problem.graph)]) if hw.baseline else {}
-    bound = hw.bound({hw.baseline: {m: float(v[0]) for m, v in ref.items()}} if hw.baseline else {})
-    evaluator, out = problem.evaluator(), {}
-    for label, name in UNIFORMS.items():
-        policy = baseline_policy(name, problem.graph)
-        acc, cost = evaluator(policy)["accuracy"], float(problem.cost([policy])[hw.metric][0])
-        out[label] = {"accuracy": acc, hw.metric: cost, "feasible": cost <= bound,
-                      "hypervolume": hypervolume([(acc, cost)], bound)}
-        print(f"{label:14s} {100 * acc:6.2f}%  {hw.metric} {cost / bound:.2f} x bound", flush=True)
-    for params, attrs in warm_start_trials(problem, {hw.text: bound}):
-        policy = problem.space.decode(np.asarray([params[k.name] for k in problem.space.knobs]))
-        acc, cost = evaluator(policy)["accuracy"], float(problem.cost([policy])[hw.metric][0])
-        label = "warm start: " + attrs["warm_start"].replace("uniform_int8", "uniform_w8a8")
-        out[label] = {"accuracy": acc, hw.metric: cost, "feasible": cost <= bound,
-                      "hypervolume": hypervolume([(acc, cost)], bound)}
-        print(f"{label} {100 * acc:6.2f}%  {hw.metric} {cost / bound:.2f} x bound", flush=True)
-    return out, hw.metric, bound, hw.text
+    bound = context.bounds[hw.text]
+    evaluator = problem.evaluator()
+    rows = {}
+    seeds = warm_start_trials(problem, context.bounds, context)
+    for params, attrs in seeds[:len(UNIFORM_STARTS) + 1]:  # the uniforms, then the ILP's solution at the bound
+        vec = np.asarray([params[k.name] for k in problem.space.knobs])
+        policy = problem.space.decode(vec)
+        cost = float(problem.cost([policy])[hw.metric][0])
+        label = attrs["warm_start"].split(":")[0].replace("uniform_int8", "uniform_w8a8")
+        rows[label] = {"validation": evaluator(policy)["accuracy"], "test": evaluator(policy, split="test")["accuracy"],
+                       "cost_ratio": cost / bound, "final": final_finetune(problem, vec, seconds)}
+        print(label, json.dumps(rows[label]), flush=True)
+    fp32 = baseline_policy("fp32", problem.graph)
+    rows["FP32 (unbounded)"] = {"validation": evaluator(fp32)["accuracy"], "test": evaluator(fp32, split="test")["accuracy"],
+                                "cost_ratio": float(problem.cost([fp32])[hw.metric][0]) / bound}
+    return {"case": case, "constraint": hw.text, "rows": rows}
 
 
-def write(results: dict[str, Any], out: Path) -> None:
-    """bench_search.json and a markdown summary of what has been measured so far."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_search.json").write_text(json.dumps(results, indent=2))
-    q, a = results.get("quality", {}), results["args"]
-    lines = [f"# Search strategies: ResNet-20 / CIFAR-10 on Eyeriss, `{q.get('constraint', '')}`", "",
-             f"Config `{a['config']}`; warm starts (lowered onto the bound): "
-             f"{', '.join(a.get('warm_start') or []) or 'none'}; test images: {a['test_images'] or 'all 1017'}; "
-             f"seed {a['seed']}; "
-             f"{os.cpu_count()} cores, load average {results['load_avg']:.1f} at the start.", ""]
-    if q:
-        k, m = a["k"], a["m"]
-        lines += [f"Best feasible accuracy and hypervolume (accuracy x energy under the bound) after K = {k} and "
-                  f"M = {m} accuracy evaluations.", "",
-                  f"| strategy | best acc @{k} | HV @{k} | best acc @{m} | HV @{m} | trials @{m} | feasible measured "
-                  f"| wall s | best @{m} after KD fine-tune | same, with crop+flip |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        tuned = lambda f: "—" if f is None else f"{pct(f['after'])} ({f['seconds']:.0f} s, {f['steps']} steps)"  # noqa: E731
-        for name, row in q.get("strategies", {}).items():
-            at_k, at_m = row[str(k)], row[str(m)]
-            lines.append(f"| {name} | {pct(at_k['best_accuracy'])} | {at_k['hypervolume']:.3f} | "
-                         f"{pct(at_m['best_accuracy'])} | {at_m['hypervolume']:.3f} | {at_m['trials']} | "
-                         f"{at_m['feasible_measured']} | {row['wall_s']:.0f} | "
-                         f"{tuned(row.get('finetuned'))} | {tuned(row.get('finetuned_augmented'))} |")
-        for name, row in q.get("uniforms", {}).items():
-            where = "feasible" if row["feasible"] else f"infeasible: {row[q['metric']] / q['bound']:.2f} x bound"
-            lines.append(f"| {name} (fixed) | {pct(row['accuracy'])} | {row['hypervolume']:.3f} | | | | {where} | | | |")
-        lines += ["", f"Goal: top-1 within 0.5 pt of FP32 ({pct(q['uniforms']['FP32']['accuracy'] - 0.005)} or more) "
-                      "under the bound, every strategy above uniform."]
-    if "overhead" in results:
-        lines += ["", "Cost-only trials per second through the engine (goal >= 20/s): " + ", ".join(
-            f"{name} {rate:.1f}/s" for name, rate in results["overhead"].items()) + "."]
-    if "ray" in results:
-        r = results["ray"]
-        lines += ["", f"Accuracy-bound trials ({r['trials']} per arm, random strategy, every trial evaluated): "
+def report() -> Path:
+    parts = [json.loads(p.read_text()) for p in sorted(PARTS_DIR.glob("*.json"))]
+    pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = ["# Search strategies at one budget of validation images", "",
+             "Selected on 1000 JPEG CIFAR-10 test images (disjoint from the reported ones, never trained on); "
+             "reported on the 1017 lossless test images. Rungs: 200 images after calibration, then the top fifth on "
+             "all 1000 after a 20-step KD fine-tune. The final fine-tune (KD, crop+flip) is the same for every row. "
+             "Generated by `experiments/bench_search.py report` from experiments/results/bench_search/*.json.", ""]
+    for case, (title, _) in CASES.items():
+        rows = [p for p in parts if p.get("case") == case and "row" in p]
+        base = next((p for p in parts if p.get("case") == case and "rows" in p), None)
+        if not rows and not base:
+            lines += [f"## {title}", "", "Not run.", ""]
+            continue
+        lines += [f"## {title}", "",
+                  "| strategy | winner validation | winner test, before final FT | after final FT | cost / bound "
+                  "| hypervolume | images | measured (top rung) | trials | wall s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            w = p.get("winner") or {}
+            final = w.get("final") or {}
+            lines.append(f"| {p['row']} | {pct(w.get('validation'))} | {pct(w.get('test'))} | "
+                         f"{pct(final.get('test_accuracy'))} ({final.get('steps', '—')} steps) | "
+                         f"{w.get('cost_ratio', float('nan')):.3f} | {p['hypervolume']:.3f} | {p['images']:,} | "
+                         f"{p['measured']} ({p['at_top_rung']}) | {p['trials']} | {p['wall_s']:.0f} | "
+                         f"{p['load_avg_start']:.1f} |")
+        if base:
+            for label, r in base["rows"].items():
+                final = r.get("final") or {}
+                lines.append(f"| {label} (fixed) | {pct(r['validation'])} | {pct(r['test'])} | "
+                             f"{pct(final.get('test_accuracy'))} | {r['cost_ratio']:.3f} | | | | | | |")
+        lines.append("")
+    overhead = RESULTS / "bench_search-engine.json"
+    if overhead.is_file():
+        eng = json.loads(overhead.read_text())
+        if "overhead" in eng:
+            lines += ["Cost-only trials per second through the engine (goal >= 20/s): " + ", ".join(
+                f"{name} {rate:.1f}/s" for name, rate in eng["overhead"].items()) + ".", ""]
+        if "ray" in eng:
+            r = eng["ray"]
+            lines += [f"Accuracy-bound trials ({r['trials']} per arm, random strategy, every trial evaluated): "
                       f"{r['serial_per_min']:.1f}/min in this process, {r['ray_per_min']:.1f}/min on 2 Ray actors: "
-                      f"speed-up {r['speedup']:.2f}x (goal >= 1.8x)."]
-    (out / "bench_search.md").write_text("\n".join(lines) + "\n")
+                      f"speed-up {r['speedup']:.2f}x (goal >= 1.8x).", ""]
+    out = RESULTS / "bench_search.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def engine_speed(parts: list[str], runs: Path, overhead_trials: int, ray_trials: int) -> None:
+    path = RESULTS / "bench_search-engine.json"
+    eng = json.loads(path.read_text()) if path.is_file() else {}
+    if "overhead" in parts:
+        eng["overhead"] = {}
+        for name in ("nsga2", "tpe", "ddpg", "random"):
+            rec = Recorder()
+            cfg = case_config("r20-e0.5", strategy=name, strategy_options={}, objectives=["energy", "size"],
+                              warm_start=UNIFORM_STARTS, trials=overhead_trials)
+            run_search(cfg, runs / f"overhead-{name}", progress=False, callbacks=[rec])
+            eng["overhead"][name] = rec.rate()
+            print(f"{name}: {rec.rate():.1f} cost-only trials/s", flush=True)
+    if "ray" in parts:
+        rates = {}
+        for workers in (0, 2):
+            rec = Recorder()
+            cfg = case_config("r20-e0.5", strategy="random", strategy_options={}, constraints=[], workers=workers,
+                              warm_start=[], trials=ray_trials,
+                              evaluation={"calibration_images": 256})
+            run_search(cfg, runs / f"ray-{workers}", progress=False, callbacks=[rec])
+            rates[workers] = 60 * rec.rate(first_batch=max(1, workers))
+        eng["ray"] = {"trials": ray_trials, "serial_per_min": rates[0], "ray_per_min": rates[2],
+                      "speedup": rates[2] / rates[0]}
+    path.write_text(json.dumps(eng, indent=2))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=CONFIG)
-    ap.add_argument("--strategies", nargs="+", default=["nsga2", "tpe", "ddpg", "random"])
-    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    ap.add_argument("--k", type=int, default=50, help="first evaluation budget reported")
-    ap.add_argument("--m", type=int, default=200, help="evaluation budget each search runs to")
-    ap.add_argument("--test-images", type=int, help="evaluate on the first N test images (default: all)")
-    ap.add_argument("--overhead-trials", type=int, default=300)
-    ap.add_argument("--ray-trials", type=int, default=12)
+    ap.add_argument("part", choices=["quality", "baselines", "report", "overhead", "ray"])
+    ap.add_argument("--case", default="r20-e0.5", choices=list(CASES))
+    ap.add_argument("--strategy", default="ilp", choices=list(ROWS))
+    ap.add_argument("--images", type=int, default=80_000, help="validation images each search may spend")
+    ap.add_argument("--finetune-seconds", type=float, default=120.0, help="the final fine-tune of each winner")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
-    ap.add_argument("--ddpg-warmup", type=int, help="DDPG's random episodes (default: its own, 20)")
-    ap.add_argument("--warm-start", nargs="*", default=WARM_STARTS, help="baselines every strategy starts from")
-    ap.add_argument("--finetune-seconds", type=float, default=120.0,
-                    help="KD fine-tune of each strategy's best feasible policy at M (0: none)")
-    ap.add_argument("--augment", action="store_true", help="crop+flip augmentation in that fine-tune")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", type=Path, help="where the run directories go (default: a fresh temporary one)")
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench_search"))
+    ap.add_argument("--overhead-trials", type=int, default=300)
+    ap.add_argument("--ray-trials", type=int, default=30)
     args = ap.parse_args()
-    WARM_STARTS[:] = args.warm_start
     torch.set_num_threads(args.threads)
-    if args.ddpg_warmup is not None:
-        STRATEGY_OPTIONS["ddpg"] = {"warmup": args.ddpg_warmup}
-    quiet_optuna()
-    runs = args.runs or Path(tempfile.mkdtemp(prefix="bench_search-"))
-    evaluation = {"test_images": args.test_images} if args.test_images else {}
-    previous = args.out / "bench_search.json"  # parts not run now keep their earlier figures
-    results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
-    for part in args.parts:
-        results.pop(part, None)
-    if "finetune" in args.parts and ("quality" not in results or args.runs is None):
-        raise SystemExit("--parts finetune re-runs the final fine-tune of an earlier quality part: give its --runs")
-    results.update(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   load_avg=os.getloadavg()[0])
-    if "quality" in args.parts:
-        problem = build_problem(config_from_dict(config_for(args.config, "random", seed=args.seed,
-                                                            evaluation=evaluation)))
-        table, metric, bound, text = uniforms(problem)
-        quality = results["quality"] = {"constraint": text, "metric": metric, "bound": bound, "uniforms": table,
-                                        "strategies": {}}
-        write(results, args.out)
-        for name in args.strategies:
-            rec = Recorder(args.m)
-            cfg = config_for(args.config, name, seed=args.seed, evaluation=evaluation)
-            wall = search(cfg, runs / f"quality-{name}", rec, trials=50 * args.m)
-            row = quality["strategies"][name] = {"wall_s": wall, **{str(n): summary(rec, n, metric, bound)
-                                                                    for n in (args.k, args.m)}}
-            if args.finetune_seconds and (best := best_feasible(rec, args.m)) is not None:
-                row["finetuned"] = finetuned(problem, best, args.finetune_seconds, args.augment)
-            print(name, json.dumps(quality["strategies"][name]), flush=True)
-            write(results, args.out)
-    if "finetune" in args.parts:  # the final fine-tune again, on the quality part's saved runs (--runs)
-        problem = build_problem(config_from_dict(config_for(args.config, "random", seed=args.seed,
-                                                            evaluation=evaluation)))
-        key, done = ("finetuned_augmented" if args.augment else "finetuned"), {}
-        for name, row in results["quality"]["strategies"].items():
-            if (best := best_feasible(replay(runs / f"quality-{name}", problem), args.m)) is not None:
-                if best.key not in done:  # strategies whose winner is the same policy share one fine-tune
-                    done[best.key] = finetuned(problem, best, args.finetune_seconds, args.augment)
-                row[key] = {**done[best.key], "trial": best.number}
-                print(name, json.dumps(row[key]), flush=True)
-                write(results, args.out)
-    if "overhead" in args.parts:
-        metric = load_config(args.config).objective_list[-1].metric
-        results["overhead"] = {}
-        for name in args.strategies:
-            rec = Recorder()
-            search(config_for(args.config, name, seed=args.seed, objectives=[metric, "size"]),
-                   runs / f"overhead-{name}", rec, args.overhead_trials)
-            results["overhead"][name] = rec.rate()
-            print(f"{name}: {rec.rate():.1f} cost-only trials/s", flush=True)
-            write(results, args.out)
-    if "ray" in args.parts:
-        rates = {}
-        for workers in (0, 2):
-            rec = Recorder()
-            cfg = config_for(args.config, "random", seed=args.seed, constraints=[], workers=workers,
-                             evaluation=evaluation)
-            search(cfg, runs / f"ray-{workers}", rec, args.ray_trials)
-            rates[workers] = 60 * rec.rate(first_batch=max(1, workers))
-            print(f"workers={workers}: {rates[workers]:.1f} evaluated trials/min", flush=True)
-        results["ray"] = {"trials": args.ray_trials, "serial_per_min": rates[0], "ray_per_min": rates[2],
-                          "speedup": rates[2] / rates[0]}
-        write(results, args.out)
-    print((args.out / "bench_search.md").read_text())
+    PARTS_DIR.mkdir(parents=True, exist_ok=True)
+    with quiet_optuna():
+        if args.part == "quality":
+            doc = quality(args.case, args.strategy, args.images, args.finetune_seconds, args.runs)
+            doc["args"] = {k: str(v) for k, v in vars(args).items()}
+            (PARTS_DIR / f"{args.case}-{args.strategy}.json").write_text(json.dumps(doc, indent=2))
+            print(json.dumps(doc, indent=1))
+        elif args.part == "baselines":
+            doc = baselines(args.case, args.finetune_seconds)
+            (PARTS_DIR / f"{args.case}-baselines.json").write_text(json.dumps(doc, indent=2))
+        elif args.part in ("overhead", "ray"):
+            engine_speed([args.part], args.runs, args.overhead_trials, args.ray_trials)
+    print(report().read_text())
     return 0
 
 

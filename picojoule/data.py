@@ -298,16 +298,27 @@ def _load_hook(spec: str, options: dict[str, Any]) -> ArrayDataset:
                          f"{type(result).__name__}")
 
 
-_SPEC_KEYS = {"source", "split", "mean", "std"}
+_SPEC_KEYS = {"source", "split", "mean", "std", "start", "stop"}
 
 
 def load_dataset(spec: str | os.PathLike[str] | dict[str, Any]) -> ArrayDataset:
     """Load a dataset from a spec: a ``.npz`` path, an ImageFolder directory, ``"digits"`` or ``"pkg.mod:func"``.
 
-    A dict spec is ``{"source": <one of those>, "split": ..., "mean": ..., "std": ...}`` (all but ``source``
-    optional). ``split`` defaults to ``"test"`` for .npz and digits, and to none for ImageFolder. A hook is
-    called with the dict's other keys as keyword arguments.
+    A dict spec is ``{"source": <one of those>, "split": ..., "mean": ..., "std": ..., "start": ..., "stop": ...}``
+    (all but ``source`` optional). ``split`` defaults to ``"test"`` for .npz and digits, and to none for
+    ImageFolder. ``start``/``stop`` keep the samples ``start <= i < stop`` (e.g. a validation split disjoint from a
+    test split drawn from the same file). A hook is called with the dict's other keys as keyword arguments.
     """
+    if isinstance(spec, dict) and ("start" in spec or "stop" in spec):
+        whole = load_dataset({k: v for k, v in spec.items() if k not in ("start", "stop")})
+        start, stop = spec.get("start", 0), spec.get("stop", len(whole))
+        for key, value in (("start", start), ("stop", stop)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= len(whole):
+                raise PicojouleError(f"dataset {spec['source']}: {key}: expected an integer in 0..{len(whole)}, "
+                                     f"got {value!r}")
+        if start >= stop:
+            raise PicojouleError(f"dataset {spec['source']}: start {start} >= stop {stop}: no samples left")
+        return whole.subset(np.arange(start, stop))
     if isinstance(spec, dict):
         if "source" not in spec:
             raise PicojouleError(f"dataset: missing key 'source' (expected one of {sorted(_SPEC_KEYS)})")

@@ -191,3 +191,22 @@ def test_npz_errors_name_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(PicojouleError, match=r"junk\.npz: not a readable \.npz") as err:
         load_npz(tmp_path / "junk.npz")
     assert "\n" not in str(err.value)
+
+
+def test_dataset_spec_start_stop_keeps_a_range(tmp_path) -> None:
+    import numpy as np
+    import pytest
+
+    from picojoule.data import load_dataset
+    from picojoule.errors import PicojouleError
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=np.arange(10, dtype=np.uint8)[:, None, None, None] + np.zeros((1, 8, 8, 3), np.uint8),
+             y_test=np.arange(10))
+    part = load_dataset({"source": str(path), "start": 3, "stop": 7})
+    assert list(part.y) == [3, 4, 5, 6]
+    assert list(load_dataset({"source": str(path), "start": 8}).y) == [8, 9]
+    with pytest.raises(PicojouleError, match=r"stop: expected an integer in 0..10, got 11"):
+        load_dataset({"source": str(path), "stop": 11})
+    with pytest.raises(PicojouleError, match="start 5 >= stop 5"):
+        load_dataset({"source": str(path), "start": 5, "stop": 5})

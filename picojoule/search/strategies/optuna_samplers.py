@@ -20,9 +20,18 @@ from picojoule.search.strategies.base import Handle, Strategy, StrategyContext
 DEFAULT_POPULATION = 20
 
 
+#: the option that asks for a sensitivity prior (:mod:`picojoule.search.strategies.priors`); not a sampler argument
+PRIOR_OPTION = "prior"
+PRIOR_STRATEGIES = ("nsga2", "tpe")
+
+
 def make_sampler(name: str, seed: int, options: Mapping[str, Any], where: str) -> optuna.samplers.BaseSampler:
     """The Optuna sampler of strategy ``name``; bad ``options`` give a one-line error naming ``where``."""
     opts = dict(options)
+    prior = opts.pop(PRIOR_OPTION, None)
+    if prior is not None and (prior != "sensitivity" or name not in PRIOR_STRATEGIES):
+        raise PicojouleError(f"{where}: option 'prior': expected 'sensitivity' (for {' or '.join(PRIOR_STRATEGIES)}), "
+                             f"got {prior!r} for {name}")
     try:
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, **{"population_size": DEFAULT_POPULATION, **opts})
@@ -46,6 +55,16 @@ class OptunaStrategy(Strategy):
         # resumed: a fresh stream (the seed's own stream would propose the first session's vectors again)
         seed = c.seed + len(c.study.trials) if c.resume else c.seed
         self.study.sampler = make_sampler(c.name, seed, c.options, c.where)
+        if c.options.get(PRIOR_OPTION):
+            from picojoule.search.strategies.ilp import seed_solutions
+            from picojoule.search.strategies.priors import PRIOR_SCALES, PriorSampler, choice_prior, install_prior
+
+            if c.sensitivity is None:
+                raise PicojouleError(f"{c.where}: option 'prior': needs a per-layer sensitivity: give labelled "
+                                     "training data (data.train) or pass sensitivity= to picojoule.search")
+            solutions = seed_solutions(c, c.sensitivity(), PRIOR_SCALES)
+            self.prior = choice_prior(self.space, [s.vec for s in solutions])
+            install_prior(self.study.sampler, PriorSampler(self.prior, seed))
 
     def ask(self) -> tuple[Handle, np.ndarray]:
         return self.record()

@@ -235,3 +235,39 @@ def test_sensitivity_prior_steers_nsga2_towards_the_ilp_choices(tmp_path: Path) 
     with pytest.raises(PicojouleError, match="option 'prior'.* for random"):
         run_search({**cfg, "strategy": "random", "strategy_options": {"prior": "sensitivity"}}, tmp_path / "bad2",
                    progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml"))
+                         + [Path(__file__).resolve().parents[1] / "examples" / "r20-eyeriss.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_configs_validate_and_start_from_the_ilp(path: Path) -> None:
+    from picojoule.search.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.warm_start[0] == "ilp" or cfg.strategy == "ilp"
+
+
+def test_python_api_takes_a_sensitivity_object(tmp_path: Path) -> None:
+    """pj.search(..., strategy="ilp", sensitivity=...) with an evaluate callable and no labelled training data."""
+    import torch
+
+    import picojoule as pj
+    from picojoule.digits import pretrained_digits_cnn
+
+    model, train, test = pretrained_digits_cnn(progress=False)
+    example = torch.as_tensor(next(test.batches(1))[0])
+    sens = pj.sensitivity(model, example, "eyeriss", train, images=64, calib_images=64, hessian_iters=0,
+                          progress=False)
+    loader = [torch.as_tensor(train.subset(128).batches(64).__next__()[0])]
+
+    def top1(m) -> float:
+        x, y = next(test.batches(len(test)))
+        return float((m(x).argmax(1) == y).float().mean())
+
+    res = pj.search(model, example, "eyeriss", cost_model="eyeriss", evaluate=top1, calib_data=loader,
+                    constraints=["energy <= 0.5 * uniform_int8"], strategy="ilp", trials=5, sensitivity=sens,
+                    progress=False)
+    assert len([r for r in res.records if r.counted]) == 5 and res.front
+    with pytest.raises(PicojouleError, match="ilp needs a per-layer sensitivity"):
+        pj.search(model, example, "eyeriss", cost_model="eyeriss", evaluate=top1, calib_data=loader,
+                  constraints=["energy <= 0.5 * uniform_int8"], strategy="ilp", trials=2, progress=False)

@@ -49,6 +49,7 @@ def search(
     batch: int = 1,
     carbon: dict[str, float] | None = None,
     metric_name: str = "accuracy",
+    sensitivity: Any = None,
     name: str | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -74,6 +75,9 @@ def search(
     ``storage`` None runs in memory (an Optuna in-memory study: no files, no lock); a path is a run directory
     as ``picojoule search --out`` writes it (journal, trials.csv, pareto/, result.json, report.md, plots),
     resumable with the same arguments and ``resume=True`` (only trials, workers and ray_address may change).
+    ``sensitivity`` (a :func:`picojoule.sensitivity` result for this model and space) guides ``strategy="ilp"``,
+    ``warm_start=["ilp"]`` and ``strategy_options={"prior": "sensitivity"}``; without it they measure one on
+    ``train_data`` (an ArrayDataset with labels).
     The remaining arguments are the config fields of the same names (see :mod:`picojoule.search.config`).
     """
     settings = _settings(
@@ -85,6 +89,7 @@ def search(
     run_dir = Path(storage) if storage is not None else None
     check_run(settings, SOURCE, run_dir, resume)
     problem = _problem(settings, model, example, target, evaluate, calib_data, train_data, name, test_evaluate)
+    problem.given_sensitivity = sensitivity
     return run_problem(problem, run_dir, resume, progress, callbacks, metric_name)
 
 

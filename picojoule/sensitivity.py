@@ -337,6 +337,11 @@ def _scores(logits: torch.Tensor, y: torch.Tensor, ref_logp: torch.Tensor) -> tu
     return ce, kl
 
 
+def _advance(bar: tqdm, step: float) -> None:
+    """Move the bar by ``step`` rows, never past its total (fractional steps add up to a little more)."""
+    bar.update(max(min(step, bar.total - bar.n), 0))
+
+
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(xb) for xb in x.split(BATCH)])
@@ -407,7 +412,7 @@ def sensitivity(model: nn.Module, example: torch.Tensor, target_or_space: Any, d
         if knob.kind != "keep" and replay is not None:
             compressed, info = measure(knob, choice)
             swaps.setdefault(knob.layer, []).append(((knob.name, choice), compressed.get_submodule(knob.layer)))
-            bar.update(_BUILD)  # a fifth of a row's progress for applying, the rest for running
+            _advance(bar, _BUILD)  # a fifth of a row's progress for applying, the rest for running
     if swaps:
         stops = [n for n in replay.position if n in swaps]
         with torch.no_grad():  # activation ranges from each layer's float inputs, the batches repair would use
@@ -428,7 +433,7 @@ def sensitivity(model: nn.Module, example: torch.Tensor, target_or_space: Any, d
                 for layer, env in replay.prefix(xb, stops):
                     for item, module in swaps[layer]:
                         logits.setdefault(item, []).append(replay.suffix(layer, env, module))
-                        bar.update((1 - _BUILD) / math.ceil(len(sample.x) / BATCH))
+                        _advance(bar, (1 - _BUILD) / math.ceil(len(sample.x) / BATCH))
         for item, parts in logits.items():
             results[item] = _scores(torch.cat(parts), sample.y, ref_logp)
     # whole-model knobs (keep; everything where fx cannot trace): applied, repaired, run in full
@@ -440,7 +445,7 @@ def sensitivity(model: nn.Module, example: torch.Tensor, target_or_space: Any, d
                    calibrate=calibrate_activations if info.needs_calibration else None,
                    calib_batches=calib_batches, seed=seed)
         results[(knob.name, choice)] = _scores(_forward(compressed.eval(), sample.x), sample.y, ref_logp)
-        bar.update(1)
+        _advance(bar, 1)
     bar.close()
     measured_s = time.perf_counter() - start
 

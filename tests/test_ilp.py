@@ -271,3 +271,22 @@ def test_python_api_takes_a_sensitivity_object(tmp_path: Path) -> None:
     with pytest.raises(PicojouleError, match="ilp needs a per-layer sensitivity"):
         pj.search(model, example, "eyeriss", cost_model="eyeriss", evaluate=top1, calib_data=loader,
                   constraints=["energy <= 0.5 * uniform_int8"], strategy="ilp", trials=2, progress=False)
+
+
+def test_predictor_screens_dominated_candidates_and_reports_its_rank_correlation(tmp_path: Path) -> None:
+    cfg = {**DIGITS, "strategy": "random", "strategy_options": {}, "constraints": [], "trials": 60,
+           "evaluation": {"calibration_images": 128, "predictor": {"after": 12, "k": 0.0}},
+           "sensitivity": {"images": 128, "calib_images": 128}}
+    res = run_search(cfg, tmp_path / "run", progress=False)
+    counted = [r for r in res.records if r.counted]
+    screened = [r for r in counted if r.screened]
+    assert screened and all(not r.evaluated for r in screened)
+    assert all(r.number >= 12 for r in screened)  # none before `after` measurements
+    measured = [r for r in counted if r.evaluated]
+    for r in screened:  # each is dominated by a policy measured before it: no costlier, more accurate
+        before = [m for m in measured if m.number < r.number and m.metrics["energy"] <= r.metrics["energy"]]
+        assert max(m.metrics["accuracy"] for m in before) >= r.screened["predicted"]
+        assert not any(f.number == r.number for f in res.front)
+    check = res.study.user_attrs["predictor"]
+    assert check["n"] == len(measured) and -1 <= check["spearman"] <= 1 and "proxy_spearman" in check
+    assert f"{len(screened)} candidates screened out" in res.summary() and f"n = {check['n']}" in res.summary()

@@ -123,6 +123,19 @@ class FidelityConfig(_Strict):
     promote: float = Field(0.25, gt=0, le=1, description="fraction of each rung's results that go on")
 
 
+class PredictorConfig(_Strict):
+    """An accuracy predictor (:mod:`picojoule.search.predictor`) fitted on the first-rung accuracies measured so
+    far pre-screens every candidate that meets the hardware bounds: one whose optimistic prediction (mean + ``k``
+    std) is dominated by a measured policy (no costlier in every other objective and at least ``margin`` more
+    accurate at the first rung) is not measured (``screened``), and its strategy is told the predicted accuracy."""
+
+    model: Literal["gbr", "gp"] = "gbr"
+    after: int = Field(20, ge=8, description="first-rung measurements before it screens")
+    k: float = Field(1.0, ge=0, description="standard deviations of optimism")
+    margin: float = Field(0.0, ge=0, description="accuracy (a fraction) a dominating policy must lead by")
+    refit_every: int = Field(5, ge=1, description="new measurements between refits")
+
+
 class EvaluationConfig(_Strict):
     """The accuracy stage's budget per feasible policy (BatchNorm is re-estimated whenever a policy prunes)."""
 
@@ -131,6 +144,7 @@ class EvaluationConfig(_Strict):
     test_images: int | None = Field(None, ge=1, description="the first N test images (default: all)")
     fidelity: FidelityConfig | None = Field(None, description="multi-fidelity rungs (default: one rung, all "
                                             "validation images after finetune_steps)")
+    predictor: PredictorConfig | None = Field(None, description="pre-screening by an accuracy predictor")
 
     @model_validator(mode="after")
     def _one_fine_tune_setting(self) -> EvaluationConfig:

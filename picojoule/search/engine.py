@@ -130,6 +130,8 @@ class SearchResult:
             lines.append(f"  {self.metric_name}: {self.splits_line()}")
             if self.images:
                 lines.append(f"  {self.budget_line()}")
+            if self.config.evaluation.predictor is not None:
+                lines.append(f"  {self.predictor_line()}")
         for label, r in self.winners.items():
             o = label.split()[-1]
             lines.append(f"  best {name(o)}: {format_value(o, r.metrics.get(o, math.nan))} (trial {r.number}; "
@@ -180,6 +182,17 @@ class SearchResult:
                            for n, rung in zip(reached, rungs))
         return (f"budget: {self.images} validation images over {len(measured)} measured policies ({ladder})"
                 + (f"; {steps} fine-tune steps" if steps else ""))
+
+    def predictor_line(self) -> str:
+        """How many candidates the accuracy predictor kept from being measured, and how well it ranks."""
+        screened = sum(r.screened is not None for r in self.records if r.counted)
+        check = self.study.user_attrs.get("predictor") if self.study is not None else None
+        quality = (f"held-out Spearman {check['spearman']:.2f} over n = {check['n']} first-rung measurements "
+                   f"({check['folds']}-fold; the sensitivity proxy alone: "
+                   f"{check['proxy_spearman']:.2f})" if check and "proxy_spearman" in check
+                   else f"held-out Spearman {check['spearman']:.2f} over n = {check['n']} ({check['folds']}-fold)"
+                   if check else "too few measurements for a held-out check")
+        return f"predictor ({self.config.evaluation.predictor.model}): {screened} candidates screened out; {quality}"
 
     def repeats_line(self) -> str:
         """How many proposals repeated a tried policy (told from the journal, not counted) and how many policies
@@ -272,17 +285,73 @@ def jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
 
 
 def score(problem: Problem, bounds: dict[str, float], reference: float, metrics: dict[str, float],
-          result: dict | None) -> tuple[dict[str, float], list[float], dict[str, float]]:
+          result: dict | None, predicted: float | None = None) -> tuple[dict[str, float], list[float], dict[str, float]]:
     """(every metric, objective values told, constraint violations) of a priced trial and its accuracy result
-    (None: not measured; the strategy is told accuracy 0, so an accuracy constraint counts as broken too)."""
+    (None: not measured; the strategy is told ``predicted``, or else accuracy 0, so that an accuracy constraint
+    counts as broken too)."""
     full = dict(metrics)
     if problem.config.needs_accuracy:
         full.update(accuracy_metrics(result["accuracy"] if result else math.nan, reference))
     told = dict(full)
     if problem.config.needs_accuracy and result is None:
-        told.update(accuracy_metrics(0.0, reference))
+        told.update(accuracy_metrics(0.0 if predicted is None else predicted, reference))
     constraints = {k: float(v) for k, v in problem.program.violations(told, bounds).items()}
     return full, [told[o.metric] for o in problem.objectives], constraints
+
+
+class Screen:
+    """Pre-screening by an accuracy predictor (``evaluation.predictor``, see
+    :class:`~picojoule.search.config.PredictorConfig`): fitted on the first-rung accuracies measured so far (with
+    the sensitivity proxy among its features when the search has one), it says which candidates a measured policy
+    would dominate even at the optimistic end of the prediction."""
+
+    def __init__(self, problem: Problem, context: StrategyContext):
+        from picojoule.search.predictor import AccuracyPredictor
+
+        self.cfg = problem.config.evaluation.predictor
+        self.space = problem.space
+        self.costs = [o.metric for o in problem.objectives if o.metric != "accuracy"]
+        sensitivity = context.sensitivity() if context.sensitivity is not None else None
+        self.sensitivity = sensitivity
+        self.predictor = AccuracyPredictor(problem.space, sensitivity, model=self.cfg.model, seed=problem.config.seed)
+        self.vecs: list[np.ndarray] = []
+        self.accuracies: list[float] = []
+        self.cost_rows: list[list[float]] = []
+        self.fitted_at = 0
+
+    def add(self, vec: np.ndarray, metrics: dict[str, float], accuracy: float) -> None:
+        """A measured policy's first-rung accuracy."""
+        self.vecs.append(np.asarray(vec, dtype=np.int64))
+        self.accuracies.append(float(accuracy))
+        self.cost_rows.append([float(metrics[m]) for m in self.costs])
+
+    def __call__(self, vec: np.ndarray, metrics: dict[str, float]) -> dict[str, float] | None:
+        """``{"predicted", "std", "dominated_by_accuracy"}`` if the candidate is screened out, else None."""
+        n = len(self.accuracies)
+        if n < self.cfg.after:
+            return None
+        if not self.predictor.fitted or n - self.fitted_at >= self.cfg.refit_every:
+            self.predictor.fit(np.stack(self.vecs), np.asarray(self.accuracies))
+            self.fitted_at = n
+        if not self.predictor.fitted:
+            return None
+        mean, std = (float(v[0]) for v in self.predictor.predict(np.asarray(vec)[None]))
+        costs = np.asarray(self.cost_rows)
+        cheaper = (costs <= np.asarray([metrics[m] for m in self.costs])[None] + 1e-30).all(1) if self.costs \
+            else np.ones(n, dtype=bool)
+        accs = np.asarray(self.accuracies)
+        if not cheaper.any() or accs[cheaper].max() < mean + self.cfg.k * std + self.cfg.margin:
+            return None
+        return {"predicted": mean, "std": std, "dominated_by_accuracy": float(accs[cheaper].max())}
+
+    def holdout(self) -> dict[str, Any] | None:
+        """The predictor's out-of-fold rank correlation on the first-rung measurements (None: too few)."""
+        from picojoule.search.predictor import holdout_rank_correlation
+
+        if len(self.accuracies) < max(self.cfg.after, 10):
+            return None
+        return holdout_rank_correlation(self.space, np.stack(self.vecs), np.asarray(self.accuracies),
+                                        self.sensitivity, self.cfg.model, folds=5, seed=0)
 
 
 class _Loop:
@@ -306,6 +375,7 @@ class _Loop:
         self.ladder: dict[int, dict[str, Any]] = {}  # trial number -> its fidelity so far (while in flight)
         self.images = 0  # validation images measured (this session and the ones before)
         self.live = False  # False while the journal's records are noted, True once this session measures
+        self.screen = Screen(problem, strategy.context) if problem.config.evaluation.predictor else None
 
     def run(self, records: list[TrialRecord]) -> None:
         for r in records:
@@ -361,6 +431,9 @@ class _Loop:
             if not (self.needs_accuracy and hw_ok[i]):
                 self._finish(handle, vec, metrics, None, None)
                 told += 1
+            elif self.screen is not None and (predicted := self.screen(vec, metrics)) is not None:
+                self._finish(handle, vec, metrics, None, None, screened=predicted)
+                told += 1
             else:
                 self.pending[key] = []
                 self.executor.submit((handle, vec, metrics), Job(self.problem.space.decode(vec), 0))
@@ -378,6 +451,8 @@ class _Loop:
         state["seconds"] += result.get("seconds") or 0.0
         self.images += result.get("images") or 0
         self.rung_results[rung].append(result["accuracy"])
+        if rung == 0 and self.screen is not None:
+            self.screen.add(vec, metrics, result["accuracy"])
         if rung + 1 < len(self.rungs) and self._promoted(rung, result["accuracy"]):
             self.executor.submit((handle, vec, metrics), Job(self.problem.space.decode(vec), rung + 1))
             self._postfix()
@@ -420,10 +495,15 @@ class _Loop:
                 "drawn": f"at random: the strategy proposed {REPEAT_PATIENCE} tried policies in a row"})
 
     def _finish(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], result: dict | None,
-                error: str | None, duplicate_of: int | None = None) -> None:
-        """Tell the strategy how the trial went; note it for the bar, the tried policies and the callbacks."""
-        full, objectives, constraints = score(self.problem, self.bounds, self.reference, metrics, result)
+                error: str | None, duplicate_of: int | None = None, screened: dict | None = None) -> None:
+        """Tell the strategy how the trial went; note it for the bar, the tried policies and the callbacks. A
+        ``screened`` trial (not measured) is told its predicted accuracy."""
+        full, objectives, constraints = score(self.problem, self.bounds, self.reference, metrics, result,
+                                              None if screened is None else screened["predicted"])
         attrs: dict[str, Any] = {"metrics": jsonable(full), "evaluated": result is not None}
+        if screened is not None:
+            attrs["screened"] = screened
+            self.counts["screened"] = self.counts.get("screened", 0) + 1
         if duplicate_of is not None:
             attrs["duplicate_of"] = duplicate_of
         if error:
@@ -438,7 +518,8 @@ class _Loop:
                     attrs[key] = result[key]
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
             record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None,
-                                 node=attrs.get("node"), duplicate_of=duplicate_of, fidelity=attrs.get("fidelity"))
+                                 node=attrs.get("node"), duplicate_of=duplicate_of, fidelity=attrs.get("fidelity"),
+                                 screened=screened)
         self.new_trials += record.counted
         self._note(record)
         self.bar.update(int(record.counted))
@@ -453,6 +534,8 @@ class _Loop:
             for rung, accuracy in enumerate(record.fidelity["accuracies"][:len(self.rung_results)]):
                 self.rung_results[rung].append(accuracy)  # a resumed run's rungs (a live one noted them itself)
             self.images += record.images
+            if self.screen is not None and record.vec is not None:
+                self.screen.add(record.vec, record.metrics, record.fidelity["accuracies"][0])
         if record.counted:
             self.counts["failed"] += record.state == "fail"
             self.counts["infeasible"] += record.state == "complete" and not record.feasible
@@ -568,6 +651,8 @@ def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool
                 study.enqueue_trial(params, user_attrs=attrs)
         loop = _Loop(problem, strategy, executor, baselines, bounds, callbacks, progress)
         loop.run(read_records(study, problem.space))
+        if loop.screen is not None and (check := loop.screen.holdout()) is not None:
+            study.set_user_attr("predictor", check)
     finally:
         executor.close()
     return finish_run(run_dir, problem, study, baselines, bounds, loop.new_trials, loop.evaluations, metric_name)

@@ -153,6 +153,7 @@ class TrialRecord:
     drawn: str | None = None  # why the engine drew this policy instead of the strategy
     #: multi-fidelity: {"rung", "rungs", "accuracies" (one per rung reached), "images", "finetune_steps"}
     fidelity: dict | None = None
+    screened: dict | None = None  # not measured: the accuracy predictor's {"predicted", "std", ...}
     policy: Policy | None = field(default=None, repr=False)  # set on a finished search's Pareto-front trials
 
     @property
@@ -192,7 +193,8 @@ def _record(trial: FrozenTrial, space: Space, tests: dict[str, float]) -> TrialR
         constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
         retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
         warm_start=attrs.get("warm_start"), node=attrs.get("node"), duplicate_of=attrs.get("duplicate_of"),
-        drawn=attrs.get("drawn"), fidelity=attrs.get("fidelity"))
+        drawn=attrs.get("drawn"), fidelity=attrs.get("fidelity"),
+        screened=attrs.get("screened"))
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:

@@ -18,7 +18,9 @@
     strategy: nsga2               # nsga2 | tpe | gp | random | ddpg
     strategy_options: {population_size: 16}              # keyword arguments of the Optuna sampler (ddpg: DDPGOptions)
     trials: 200
-    evaluation: {calibration_images: 256, finetune_steps: 0, test_images: null}
+    evaluation: {calibration_images: 256, finetune_steps: 0, finetune_seconds: null, test_images: null}
+    final_finetune: {seconds: 120, steps: null, augment: false, winners: all}   # after the search: each winner
+    #   fine-tuned (KD from the uncompressed model, on data.train) and measured again on validation and test
     warm_start: [uniform_int8]    # baselines tried first
     seed: 0
     workers: 0                    # 0: evaluate in this process; N: N Ray actors
@@ -104,7 +106,33 @@ class EvaluationConfig(_Strict):
 
     calibration_images: int = Field(256, ge=1, description="images that set activation ranges (in batches of 128)")
     finetune_steps: int = Field(0, ge=0, description="steps of fine-tuning distilled from the uncompressed model")
+    finetune_seconds: float | None = Field(None, gt=0, description="seconds of that fine-tune (with steps: the first "
+                                                                   "budget reached stops it)")
     test_images: int | None = Field(None, ge=1, description="the first N test images (default: all)")
+
+
+class FinalFinetuneConfig(_Strict):
+    """The search's last stage: each winner (the front's best per objective; a trial that wins twice once) is
+    compressed again, fine-tuned with knowledge distillation from the uncompressed model on the train split, and
+    measured on the validation and test splits; the figures are kept in the study (a resumed run does not
+    fine-tune again) and the weights beside the policy in ``pareto/``."""
+
+    seconds: float | None = Field(None, gt=0, description="fine-tune time per winner")
+    steps: int | None = Field(None, ge=1, description="fine-tune steps per winner (with seconds: the first budget "
+                                                      "reached stops it)")
+    augment: bool = Field(False, description="CIFAR crop+flip augmentation of the training images")
+    winners: Literal["all"] | list[str] = Field(
+        "all", description="'all', or the metrics of the objectives whose winners are fine-tuned ([accuracy])")
+
+    @model_validator(mode="after")
+    def _budget(self) -> FinalFinetuneConfig:
+        if self.seconds is None and self.steps is None:
+            raise ValueError("expected a budget: seconds and/or steps")
+        return self
+
+    def chooses(self, objective: str) -> bool:
+        """Whether the winner of ``objective`` (``"maximise accuracy"``) is fine-tuned."""
+        return self.winners == "all" or objective.split()[-1] in self.winners
 
 
 class CarbonConfig(_Strict):
@@ -161,6 +189,7 @@ class SearchSettings(_Strict):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     trials: int = Field(100, ge=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    final_finetune: FinalFinetuneConfig | None = None
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
     warm_start: list[str] = Field(default_factory=list)
     seed: int = Field(0, ge=0)
@@ -197,6 +226,16 @@ class SearchSettings(_Strict):
         if self.backend == "ray-tune" and self.strategy == "ddpg":
             raise ValueError("backend: ray-tune drives Optuna samplers (nsga2, tpe, gp, random), not ddpg; "
                              "use backend: picojoule for ddpg")
+        if self.final_finetune is not None:
+            if not self.needs_accuracy:
+                raise ValueError("final_finetune: the search measures no accuracy (no objective or constraint names "
+                                 "it): there is nothing to fine-tune for")
+            metrics = [o.metric for o in self.objective_list]
+            other = [w for w in self.final_finetune.winners if w not in metrics] \
+                if self.final_finetune.winners != "all" else []
+            if other:
+                raise ValueError(f"final_finetune.winners: '{other[0]}' is not an objective's metric (expected 'all' "
+                                 f"or some of {', '.join(metrics)})")
         return self
 
     # -- derived -----------------------------------------------------------------------------------
@@ -257,8 +296,11 @@ class SearchConfig(SearchSettings):
                                  "name or package.module:function, or drop accuracy from objectives and constraints")
             if self.data is None and self.model != DIGITS:
                 raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
-        if self.evaluation.finetune_steps and self.data is not None and self.data.train is None:
-            raise ValueError("data.train: required for evaluation.finetune_steps > 0")
+        if self.data is not None and self.data.train is None:
+            if self.evaluation.finetune_steps or self.evaluation.finetune_seconds:
+                raise ValueError("data.train: required for evaluation.finetune_steps or finetune_seconds")
+            if self.final_finetune is not None:
+                raise ValueError("final_finetune: needs training data to fine-tune on: give data.train")
         return self
 
     @property
@@ -274,6 +316,10 @@ class SearchConfig(SearchSettings):
         return {**{k: out.pop(k) for k in SOURCE_FIELDS}, **out}
 
 
+#: fields a whole-config check names at the start of its message
+_WHOLE_CONFIG_FIELDS = ("model", "data", "data.train", "backend", "final_finetune", "final_finetune.winners")
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
@@ -284,7 +330,7 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = "required field is missing"
     if (item := re.match(r"^\[(\d+)\]: ", msg)) and loc:
         loc, msg = f"{loc}[{item.group(1)}]", msg[item.end():]
-    if not loc and msg.split(":")[0] in ("model", "data", "data.train", "backend"):  # a whole-config check names its field
+    if not loc and msg.split(":")[0] in _WHOLE_CONFIG_FIELDS:  # a whole-config check names its field
         loc, msg = msg.split(":", 1)[0], msg.split(":", 1)[1].strip()
     return f"{source}: field '{loc or '(top level)'}': {msg}".replace("\n", " ")
 

@@ -27,7 +27,7 @@ from picojoule.policy import PolicyBatch
 from picojoule.search.config import (DIGITS, VALIDATION_IMAGES, CarveConfig, EvaluationConfig, Objective,
                                       SearchConfig, SearchSettings)
 from picojoule.search.constraints import ConstraintProgram
-from picojoule.search.evaluate import InputBatches, Metric, check_data, evaluate_policy
+from picojoule.search.evaluate import InputBatches, Metric, check_data, evaluate, evaluate_policy
 from picojoule.search.metrics import cost_metrics
 from picojoule.policy import Policy
 from picojoule.spaces.space import Space
@@ -134,19 +134,47 @@ class Evaluator:
         """Whether a test measurement exists (a test split, or a test metric)."""
         return self.test_metric is not None or self.test is not None
 
-    def __call__(self, policy: Policy, split: str = "validation") -> dict[str, Any]:
-        """``{"accuracy", "seconds"}`` of ``policy`` on ``split`` (validation or test)."""
+    def _split(self, split: str) -> tuple[ArrayDataset | None, Metric | None]:
         data, metric = (self.test, self.test_metric) if split == "test" else (self.validation, self.metric)
         if data is None and metric is None:
             raise PicojouleError(f"no {split} data or metric to measure accuracy on")
+        return data, metric
+
+    def _compressed(self, policy: Policy, split: str, finetune_steps: int, finetune_seconds: float | None,
+                    augment: bool = False, progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+        """evaluate_policy's (compressed model, result) of ``policy`` measured on ``split``, under the seed."""
+        data, metric = self._split(split)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            _, result = evaluate_policy(
+            return evaluate_policy(
                 self.model, self.example, policy, data, metric=metric, graph=self.graph,
                 calib_data=self.calib, train_data=self.train,
                 calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
-                finetune_steps=self.cfg.finetune_steps, seed=self.seed)
+                finetune_steps=finetune_steps, finetune_seconds=finetune_seconds, augment=augment, seed=self.seed,
+                progress=progress)
+
+    def __call__(self, policy: Policy, split: str = "validation") -> dict[str, Any]:
+        """``{"accuracy", "seconds"}`` of ``policy`` on ``split`` (validation or test)."""
+        _, result = self._compressed(policy, split, self.cfg.finetune_steps, self.cfg.finetune_seconds)
         return {"accuracy": result["accuracy"], "seconds": result["seconds"]}
+
+    def finetuned(self, policy: Policy, steps: int | None, seconds: float | None, augment: bool = False,
+                  progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+        """The final fine-tune of a winner: ``policy`` applied again, repaired, fine-tuned on the train split with
+        knowledge distillation from the uncompressed model (``steps`` and/or ``seconds``), then measured on the
+        validation split and (where there is one) the test split. Returns (the fine-tuned model,
+        ``{"accuracy", "test_accuracy" (None: no test split), "steps", "seconds"}``)."""
+        if self.train is None or len(self.train) == 0:
+            raise PicojouleError("field 'final_finetune': needs training data to fine-tune on (data.train, or "
+                                 "train_data in picojoule.search)")
+        compressed, result = self._compressed(policy, "validation", steps or 0, seconds, augment, progress)
+        test = None
+        if self.has_test:
+            data, metric = self._split("test")
+            test = evaluate(compressed, data, metric=metric)["accuracy"]
+        tuned = result["finetune"]
+        return compressed, {"accuracy": result["accuracy"], "test_accuracy": test, "steps": tuned["steps"],
+                            "seconds": tuned["seconds"]}
 
 
 @dataclass(repr=False)

@@ -93,14 +93,18 @@ def cost(graph: LayerGraph, target: Target | str, policy: Policy | Mapping[str, 
 
 def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str | Path, *, calib_data: Any = None,
              calib_batches: int = 8, graph: LayerGraph | None = None, importance: str = "l1", seed: int = 0,
-             return_info: bool = False) -> Any:
+             return_info: bool = False, state_dict: Any = None) -> Any:
     """A compressed copy of the torch ``model`` (untouched) under ``policy``, ready to use: every compression
     pass applied (prune, low rank, sparsity, quantize), BatchNorm statistics re-estimated after pruning and
     activation ranges calibrated (``calib_batches`` batches of 128), both on ``calib_data``: a torch DataLoader,
     any iterable of batches (``x`` or ``(x, y)``) or a picojoule ArrayDataset. ``calib_data`` is required when the
-    policy prunes or quantizes activations. With ``return_info``, returns ``(model, ApplyInfo)``."""
+    policy prunes or quantizes activations. ``state_dict`` (a mapping, or a file saved by ``torch.save``, such as a
+    search's fine-tuned winner ``pareto/trial_NNNNN.pt``) gives the compressed model's weights, BatchNorm
+    statistics and activation ranges instead: they are loaded, no repair runs and ``calib_data`` is not needed.
+    With ``return_info``, returns ``(model, ApplyInfo)``."""
     import torch
 
+    from picojoule.models import load_state
     from picojoule.search.evaluate import as_calibration, repair
     from picojoule.spaces.apply import apply_policy
     from picojoule.spaces.quantize import calibrate_activations
@@ -108,6 +112,10 @@ def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str 
     policy = as_policy(policy)
     compressed, info = apply_policy(model, example, policy, graph=graph, importance=importance,  # type: ignore[arg-type]
                                     seed=seed)
+    if state_dict is not None:
+        load_state(compressed, state_dict, "compress: field 'state_dict'")
+        compressed.eval()
+        return (compressed, info) if return_info else compressed
     if (info.channels or info.needs_calibration) and calib_data is None:
         what = "re-estimate BatchNorm after pruning" if info.channels else "calibrate activation ranges"
         raise PicojouleError(f"compress: field 'calib_data': needed to {what}; pass a DataLoader or batches")

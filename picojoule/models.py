@@ -58,6 +58,26 @@ def save_compressed(path: str | Path, model_spec: str, policy: Any, compressed: 
     return path
 
 
+def load_state(model: nn.Module, state: Any, source: str = "state_dict") -> nn.Module:
+    """Load ``state`` (a state_dict, or a file saved with ``torch.save(model.state_dict(), path)``, read with
+    ``weights_only=True``) into ``model``, e.g. a search's fine-tuned winner (``pareto/trial_NNNNN.pt``) into the
+    model its policy builds. A file that cannot be read or does not fit the model is one line naming ``source``."""
+    if isinstance(state, (str, os.PathLike)):
+        try:
+            state = torch.load(state, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as e:
+            raise PicojouleError(f"{source}: cannot read weights from {state} ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise PicojouleError(f"{source}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise PicojouleError(f"{source}: the weights do not fit the model its policy builds "
+                             f"({lines[1] if len(lines) > 1 else lines[0]})") from None
+    return model
+
+
 def load_compressed(path: str | Path, weights: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
     """Rebuild a model saved by :func:`save_compressed`: the architecture from its model and policy, then
     its weights. Returns (compressed model in eval mode, policy)."""
@@ -74,5 +94,5 @@ def load_compressed(path: str | Path, weights: str | os.PathLike | None = None) 
     policy = Policy.from_dict(blob["policy"], f"{path}: policy")
     model, example = load_torch_model(blob["model"], weights)
     compressed, _ = apply_policy(model, example, policy)
-    compressed.load_state_dict(blob["state_dict"])
+    load_state(compressed, blob["state_dict"], str(path))
     return compressed.eval(), policy

@@ -13,17 +13,16 @@ from typing import Any
 from picojoule.errors import PicojouleError
 from picojoule.yamlfile import read_text, read_yaml
 
-__all__ = ["add_parsers", "chosen_policy", "run_calibrate", "run_compile"]
+__all__ = ["add_parsers", "chosen_policy", "finetuned_weights", "run_calibrate", "run_compile"]
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def chosen_policy(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
-    """(policy, the run's config as result.json gives it, name) of a search run directory's chosen policy: the
-    first objective's winner in its result.json."""
-    from picojoule.policy import Policy
+def _chosen_winner(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """(the first objective's winner, the run's config, the file) as a search run directory's result.json gives
+    them."""
     from picojoule.search.report import RESULT_FILE
 
     path = run_dir / RESULT_FILE
@@ -37,8 +36,23 @@ def chosen_policy(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
         raise PicojouleError(f"{path}: not a picojoule result ({type(e).__name__}: {e})") from None
     if not winners:
         raise PicojouleError(f"{path}: the search found no feasible policy: give a policy file")
-    first = winners[0]
+    return winners[0], config, path
+
+
+def chosen_policy(run_dir: Path) -> tuple[Any, dict[str, Any], str]:
+    """(policy, the run's config as result.json gives it, name) of a search run directory's chosen policy: the
+    first objective's winner in its result.json."""
+    from picojoule.policy import Policy
+
+    first, config, path = _chosen_winner(run_dir)
     return Policy.from_dict(first["policy"], f"{path}: winners[0].policy"), config, f"trial_{first['trial']:05d}"
+
+
+def finetuned_weights(run_dir: Path) -> Path | None:
+    """The weights of a search run's chosen policy after the search's final fine-tune (``final_finetune``), if
+    it ran: a state_dict file in the run's ``pareto/``."""
+    file = (_chosen_winner(run_dir)[0].get("finetuned") or {}).get("weights_file")
+    return run_dir / file if file and (run_dir / file).is_file() else None
 
 
 def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any, str, str | None, str]:
@@ -79,7 +93,7 @@ def run_compile(args: argparse.Namespace) -> int:
     from picojoule.compilers.report import write_report
     from picojoule.graph import build_graph
     from picojoule.hwmodels.target import load_target
-    from picojoule.models import load_torch_model
+    from picojoule.models import load_state, load_torch_model
     from picojoule.spaces.apply import apply_policy
     from picojoule.spaces.formats import validate_policy
     from picojoule.spaces.quantize import calibrate_activations
@@ -94,7 +108,12 @@ def run_compile(args: argparse.Namespace) -> int:
     validate_policy(policy, graph, args.policy)
     compressed, info = apply_policy(model, example, policy, graph)
     calibration = "not needed (float activations)"
-    if info.needs_calibration:
+    tuned = finetuned_weights(Path(args.policy)) if Path(args.policy).is_dir() and not args.weights else None
+    if tuned is not None:
+        load_state(compressed, tuned, str(tuned))
+        calibration = f"the search's final fine-tune ({tuned}: weights, BatchNorm statistics, activation ranges)"
+        _say(f"picojoule: loaded the fine-tuned weights {tuned}")
+    elif info.needs_calibration:
         batches, calibration = noise_batches(example, args.calib_data)
         calibrate_activations(compressed, batches)
     label = spec.name
@@ -220,7 +239,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--target", required=True, help="target name or .yaml ('host': this CPU, detected)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--model", help="model (default: the policy's or the run's 'model')")
-    p.add_argument("--weights", help="pretrained weights (default: the run's; none: seeded random weights)")
+    p.add_argument("--weights", help="pretrained weights (default: the run's, and its chosen policy's fine-tuned "
+                   "weights where the search fine-tuned it; none: seeded random weights)")
     p.add_argument("--calib-data", help="dataset for activation ranges of quantized layers (.npz, folder, hook)")
     p.add_argument("--name", help="artifact file name stem (default: the policy file's stem)")
     p.add_argument("--measure", action="store_true",

@@ -46,6 +46,7 @@ def search(
     workers: int = 0,
     ray_address: str | None = None,
     evaluation: dict[str, Any] | None = None,
+    final_finetune: dict[str, Any] | None = None,
     batch: int = 1,
     carbon: dict[str, float] | None = None,
     metric_name: str = "accuracy",
@@ -66,7 +67,10 @@ def search(
     called in eval mode without gradients. Its value is reported as ``accuracy``: objectives and constraints
     name it so (``maximise accuracy``, ``accuracy_drop <= 1``, the drop being 100 x (the fp32 model's value -
     the policy's), i.e. percentage points for a metric in [0, 1]); ``metric_name`` names it in the summary.
-    ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}``. ``evaluate`` is what selects:
+    ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}`` (or ``"finetune_seconds"``) and
+    ``final_finetune={"seconds": S}``: after the search each winner is fine-tuned with knowledge distillation
+    from ``model`` and measured again (``finetuned_accuracy`` with ``evaluate``, ``finetuned_test_accuracy`` with
+    ``test_evaluate``; see :class:`~picojoule.search.config.FinalFinetuneConfig`). ``evaluate`` is what selects:
     give it validation data, not the data you report on. ``test_evaluate(compressed_model) -> float``, if given,
     measures the Pareto front (so every winner) and the baselines once each after the search, on your test data,
     as ``test_accuracy`` (in the summary, ``to_dataframe()`` and result.json); it never steers the search.
@@ -85,7 +89,8 @@ def search(
         else ["maximise accuracy", "minimise energy"] if evaluate is not None else ["minimise energy"],
         constraints=list(constraints), trials=trials, cost_model=cost_model, strategy=strategy,
         strategy_options=strategy_options or {}, space=space, warm_start=list(warm_start), seed=seed,
-        workers=workers, ray_address=ray_address, evaluation=evaluation or {}, batch=batch, carbon=carbon or {})
+        workers=workers, ray_address=ray_address, evaluation=evaluation or {}, final_finetune=final_finetune,
+        batch=batch, carbon=carbon or {})
     run_dir = Path(storage) if storage is not None else None
     check_run(settings, SOURCE, run_dir, resume)
     problem = _problem(settings, model, example, target, evaluate, calib_data, train_data, name, test_evaluate)
@@ -134,8 +139,11 @@ def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, ev
         if test_evaluate is not None and not callable(test_evaluate):
             raise PicojouleError(f"{SOURCE}: test_evaluate: expected a callable(model) -> float")
         if settings.evaluation.fine_tunes and train_data is None:
-            raise PicojouleError(f"{SOURCE}: train_data: required to fine-tune candidates (evaluation finetune_steps "
-                                 "or a fidelity rung's)")
+            raise PicojouleError(f"{SOURCE}: train_data: required to fine-tune candidates (evaluation finetune_steps, "
+                                 "finetune_seconds or a fidelity rung's)")
+        if train_data is None and settings.final_finetune is not None:
+            raise PicojouleError(f"{SOURCE}: field 'final_finetune': needs training data to fine-tune on: give "
+                                 "train_data (an ArrayDataset of labelled images)")
         limit = max(CALIB_LIMIT, settings.evaluation.calibration_images)
         data = Datasets(None, as_calibration(calib_data, limit), train_data)
     return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None,

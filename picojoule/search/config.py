@@ -20,8 +20,10 @@
                                                          # ilp: ILPOptions)
     sensitivity: {images: 256, calib_images: 256, hessian_iters: 0, cache: null}   # what ilp and guided strategies use
     trials: 200
-    evaluation: {calibration_images: 256, finetune_steps: 0, test_images: null,
+    evaluation: {calibration_images: 256, finetune_steps: 0, finetune_seconds: null, test_images: null,
                  fidelity: {rungs: [{images: 256}, {images: null, finetune_steps: 30}], promote: 0.25}}
+    final_finetune: {seconds: 120, steps: null, augment: false, winners: all}   # after the search: each winner
+    #   fine-tuned (KD from the uncompressed model, on data.train) and measured again on validation and test
     warm_start: [uniform_int8]    # baselines tried first (lowered onto the bounds); ilp: the ILP's solutions at
                                   # 1.0, 0.9 and 0.8 of the bounds
     seed: 0
@@ -111,6 +113,7 @@ class Rung(_Strict):
 
     images: int | None = Field(None, ge=1, description="the first N validation images (null: all)")
     finetune_steps: int = Field(0, ge=0, description="KD fine-tune steps before measuring (deterministic under seed)")
+    finetune_seconds: float | None = Field(None, gt=0, description="or seconds of it (not reproducible step for step)")
 
 
 class FidelityConfig(_Strict):
@@ -141,6 +144,8 @@ class EvaluationConfig(_Strict):
 
     calibration_images: int = Field(256, ge=1, description="images that set activation ranges (in batches of 128)")
     finetune_steps: int = Field(0, ge=0, description="steps of fine-tuning distilled from the uncompressed model")
+    finetune_seconds: float | None = Field(None, gt=0, description="seconds of that fine-tune (with steps: the first "
+                                                                   "budget reached stops it)")
     test_images: int | None = Field(None, ge=1, description="the first N test images (default: all)")
     fidelity: FidelityConfig | None = Field(None, description="multi-fidelity rungs (default: one rung, all "
                                             "validation images after finetune_steps)")
@@ -148,19 +153,20 @@ class EvaluationConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_fine_tune_setting(self) -> EvaluationConfig:
-        if self.fidelity is not None and self.finetune_steps:
-            raise ValueError("fine-tune steps are set per rung when fidelity is given: move finetune_steps into "
-                             "fidelity.rungs")
+        if self.fidelity is not None and (self.finetune_steps or self.finetune_seconds):
+            raise ValueError("the fine-tune budget is set per rung when fidelity is given: move finetune_steps / "
+                             "finetune_seconds into fidelity.rungs")
         return self
 
     @property
     def rungs(self) -> list[Rung]:
         """The fidelity ladder (one rung without ``fidelity``)."""
-        return list(self.fidelity.rungs) if self.fidelity else [Rung(finetune_steps=self.finetune_steps)]
+        return list(self.fidelity.rungs) if self.fidelity else [
+            Rung(finetune_steps=self.finetune_steps, finetune_seconds=self.finetune_seconds)]
 
     @property
     def fine_tunes(self) -> bool:
-        return any(r.finetune_steps for r in self.rungs)
+        return any(r.finetune_steps or r.finetune_seconds for r in self.rungs)
 
 
 class SensitivityConfig(_Strict):
@@ -171,6 +177,30 @@ class SensitivityConfig(_Strict):
     calib_images: int = Field(256, ge=1, description="images that calibrate activations / re-estimate BatchNorm")
     hessian_iters: int = Field(0, ge=0, description="Hutchinson iterations of the Hessian trace (0: skip; hawq needs it)")
     cache: str | None = Field(None, description="a directory for sensitivity.json (default: the run directory)")
+
+
+class FinalFinetuneConfig(_Strict):
+    """The search's last stage: each winner (the front's best per objective; a trial that wins twice once) is
+    compressed again, fine-tuned with knowledge distillation from the uncompressed model on the train split, and
+    measured on the validation and test splits; the figures are kept in the study (a resumed run does not
+    fine-tune again) and the weights beside the policy in ``pareto/``."""
+
+    seconds: float | None = Field(None, gt=0, description="fine-tune time per winner")
+    steps: int | None = Field(None, ge=1, description="fine-tune steps per winner (with seconds: the first budget "
+                                                      "reached stops it)")
+    augment: bool = Field(False, description="CIFAR crop+flip augmentation of the training images")
+    winners: Literal["all"] | list[str] = Field(
+        "all", description="'all', or the metrics of the objectives whose winners are fine-tuned ([accuracy])")
+
+    @model_validator(mode="after")
+    def _budget(self) -> FinalFinetuneConfig:
+        if self.seconds is None and self.steps is None:
+            raise ValueError("expected a budget: seconds and/or steps")
+        return self
+
+    def chooses(self, objective: str) -> bool:
+        """Whether the winner of ``objective`` (``"maximise accuracy"``) is fine-tuned."""
+        return self.winners == "all" or objective.split()[-1] in self.winners
 
 
 class CarbonConfig(_Strict):
@@ -227,6 +257,7 @@ class SearchSettings(_Strict):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     trials: int = Field(100, ge=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    final_finetune: FinalFinetuneConfig | None = None
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
     warm_start: list[str] = Field(default_factory=list)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
@@ -267,6 +298,16 @@ class SearchSettings(_Strict):
                              f"use backend: picojoule for {self.strategy}")
         if self.strategy_options.get("measure") == "hawq" and self.strategy == "ilp" and not self.sensitivity.hessian_iters:
             raise ValueError("sensitivity: ilp's measure 'hawq' needs the Hessian trace: set sensitivity.hessian_iters")
+        if self.final_finetune is not None:
+            if not self.needs_accuracy:
+                raise ValueError("final_finetune: the search measures no accuracy (no objective or constraint names "
+                                 "it): there is nothing to fine-tune for")
+            metrics = [o.metric for o in self.objective_list]
+            other = [w for w in self.final_finetune.winners if w not in metrics] \
+                if self.final_finetune.winners != "all" else []
+            if other:
+                raise ValueError(f"final_finetune.winners: '{other[0]}' is not an objective's metric (expected 'all' "
+                                 f"or some of {', '.join(metrics)})")
         return self
 
     # -- derived -----------------------------------------------------------------------------------
@@ -327,8 +368,12 @@ class SearchConfig(SearchSettings):
                                  "name or package.module:function, or drop accuracy from objectives and constraints")
             if self.data is None and self.model != DIGITS:
                 raise ValueError("data: required to measure accuracy (a dataset spec or {test, calibration, train})")
-        if self.evaluation.fine_tunes and self.data is not None and self.data.train is None:
-            raise ValueError("data.train: required to fine-tune candidates (evaluation.finetune_steps or a rung's)")
+        if self.data is not None and self.data.train is None:
+            if self.evaluation.fine_tunes:
+                raise ValueError("data.train: required to fine-tune candidates (evaluation.finetune_steps, "
+                                 "finetune_seconds or a rung's)")
+            if self.final_finetune is not None:
+                raise ValueError("final_finetune: needs training data to fine-tune on: give data.train")
         return self
 
     @property
@@ -344,6 +389,11 @@ class SearchConfig(SearchSettings):
         return {**{k: out.pop(k) for k in SOURCE_FIELDS}, **out}
 
 
+#: fields a whole-config check names at the start of its message
+_WHOLE_CONFIG_FIELDS = ("model", "data", "data.train", "backend", "final_finetune", "final_finetune.winners",
+                        "sensitivity")
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
@@ -354,7 +404,7 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = "required field is missing"
     if (item := re.match(r"^\[(\d+)\]: ", msg)) and loc:
         loc, msg = f"{loc}[{item.group(1)}]", msg[item.end():]
-    if not loc and msg.split(":")[0] in ("model", "data", "data.train", "backend", "sensitivity"):  # a whole-config check names its field
+    if not loc and msg.split(":")[0] in _WHOLE_CONFIG_FIELDS:  # a whole-config check names its field
         loc, msg = msg.split(":", 1)[0], msg.split(":", 1)[1].strip()
     return f"{source}: field '{loc or '(top level)'}': {msg}".replace("\n", " ")
 

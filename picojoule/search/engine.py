@@ -35,6 +35,8 @@ from picojoule.search.baselines import REPORT_BASELINES, baseline_policy
 from picojoule.search.config import ILP_WARM_START, SearchConfig, SearchSettings, resolve_config
 from picojoule.search.constraints import all_hold
 from picojoule.search.executors import Executor, SerialExecutor, safe_evaluate
+from picojoule.search.final_finetune import finetune_winners, finetuned_model
+from picojoule.search.final_finetune import summary_lines as finetune_summary
 from picojoule.search.journal import (TEST_ACCURACY, TrialRecord, knob_params, open_study, quiet_optuna,
                                       read_records, recover_interrupted)
 from picojoule.search.metrics import METRICS, accuracy_metrics, format_value
@@ -70,6 +72,8 @@ class SearchResult:
     study: Any = None  # the Optuna study (on the run's journal, or in memory)
     outputs: dict[str, Path] = field(default_factory=dict)
     metric_name: str = "accuracy"
+    #: a search in memory: the final fine-tune's weights (trial number -> state_dict); stored ones are in pareto/
+    finetuned_states: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def config(self) -> SearchSettings:
@@ -106,6 +110,11 @@ class SearchResult:
         })
         return policy
 
+    def finetuned_model(self, record: TrialRecord | int) -> Any:
+        """A winner's model after the final fine-tune (``final_finetune``): its policy applied, the fine-tuned
+        weights loaded."""
+        return finetuned_model(self, record if isinstance(record, int) else record.number)
+
     def to_dataframe(self) -> Any:
         """A pandas DataFrame, one row per trial: state, feasibility, every metric (SI units), the constraint
         violations and the knob values (as in trials.csv)."""
@@ -137,6 +146,7 @@ class SearchResult:
             lines.append(f"  best {name(o)}: {format_value(o, r.metrics.get(o, math.nan))} (trial {r.number}; "
                          + ", ".join(f"{name(m)} {format_value(m, r.metrics.get(m, math.nan))}"
                                      for m in self._shown() if m != o) + ")")
+        lines += finetune_summary(self)
         if not self.front:
             lines.append("  no feasible policy: loosen the constraints or give more trials")
         for b, metrics in self.baselines.items():
@@ -655,7 +665,8 @@ def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool
             study.set_user_attr("predictor", check)
     finally:
         executor.close()
-    return finish_run(run_dir, problem, study, baselines, bounds, loop.new_trials, loop.evaluations, metric_name)
+    return finish_run(run_dir, problem, study, baselines, bounds, loop.new_trials, loop.evaluations, metric_name,
+                      progress)
 
 
 def measure_test(problem: Problem, study: Any, front: Sequence[TrialRecord], baselines: dict) -> int:
@@ -692,9 +703,10 @@ def measure_test(problem: Problem, study: Any, front: Sequence[TrialRecord], bas
 
 
 def finish_run(run_dir: Path | None, problem: Problem, study: Any, baselines: dict, bounds: dict, new_trials: int,
-               evaluations: int, metric_name: str = "accuracy") -> SearchResult:
-    """Read every trial back from the study, find the front (each trial with its policy) and, if the search is
-    stored, write the run directory's outputs."""
+               evaluations: int, metric_name: str = "accuracy", progress: bool = False) -> SearchResult:
+    """Read every trial back from the study, find the front (each trial with its policy), measure it on the test
+    split, fine-tune the winners (``final_finetune``; :mod:`~picojoule.search.final_finetune`) and, if the search
+    is stored, write the run directory's outputs."""
     from picojoule.search.report import write_outputs
 
     records = read_records(study, problem.space)
@@ -704,6 +716,7 @@ def finish_run(run_dir: Path | None, problem: Problem, study: Any, baselines: di
                           metric_name=metric_name)
     for r in front:
         r.policy = result.policy(r)
+    finetune_winners(result, progress)
     if run_dir is not None:
         result.outputs = write_outputs(result)
     return result

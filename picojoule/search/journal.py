@@ -7,7 +7,9 @@ user attributes, its ``metrics`` (SI units; accuracy null where it was not measu
 first tried it; told that trial's result, not counted against the budget), and one drawn at random after a run of
 repeats says so in ``drawn``. Study user attributes hold the baselines' metrics and ``test_accuracy`` (trial
 number -> top-1 on the test split, measured once after the search for the Pareto front), read back as the
-``test_accuracy`` metric. Everything the reports show is read back from here, so a resumed run reports the trials
+``test_accuracy`` metric, and ``finetuned`` (trial number -> the final fine-tune of a winner: its accuracy on both
+splits afterwards, steps, seconds, weights file), read back as ``finetuned_accuracy`` and
+``finetuned_test_accuracy``. Everything the reports show is read back from here, so a resumed run reports the trials
 of every session.
 
 A trial a killed process left RUNNING is failed on resume (a failed trial without an ``error`` is an
@@ -41,6 +43,12 @@ from picojoule.spaces.space import Space
 STUDY_NAME = "picojoule"
 #: study user attribute: trial number (as a string) -> accuracy on the test split
 TEST_ACCURACY = "test_accuracy"
+#: study user attribute: trial number (as a string) -> the final fine-tune of that winner (see final_finetune.py)
+FINETUNED = "finetuned"
+#: the metrics a final fine-tune adds to a winner: its accuracy on the validation and test splits afterwards
+FINETUNED_ACCURACY, FINETUNED_TEST_ACCURACY = "finetuned_accuracy", "finetuned_test_accuracy"
+#: what each such metric is read from in a FINETUNED entry
+FINETUNED_METRICS = {FINETUNED_ACCURACY: "accuracy", FINETUNED_TEST_ACCURACY: "test_accuracy"}
 JOURNAL = "journal.log"
 _STATES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "fail", TrialState.RUNNING: "running",
            TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned"}
@@ -180,7 +188,14 @@ class TrialRecord:
         return tuple(int(i) for i in self.vec) if self.vec is not None else ()
 
 
-def _record(trial: FrozenTrial, space: Space, tests: dict[str, float]) -> TrialRecord:
+def finetuned_metrics(entry: dict | None) -> dict[str, float]:
+    """The metrics a stored final fine-tune (a FINETUNED entry) gives its trial (NaN where not measured)."""
+    if not entry:
+        return {}
+    return {m: math.nan if entry.get(k) is None else float(entry[k]) for m, k in FINETUNED_METRICS.items()}
+
+
+def _record(trial: FrozenTrial, space: Space, tests: dict[str, float], tuned: dict[str, dict]) -> TrialRecord:
     attrs = trial.user_attrs
     names = [k.name for k in space.knobs]
     vec = np.asarray([trial.params[n] for n in names], dtype=np.int64) if all(n in trial.params for n in names) \
@@ -188,6 +203,7 @@ def _record(trial: FrozenTrial, space: Space, tests: dict[str, float]) -> TrialR
     metrics = {k: (math.nan if v is None else float(v)) for k, v in (attrs.get("metrics") or {}).items()}
     if str(trial.number) in tests:
         metrics[TEST_ACCURACY] = float(tests[str(trial.number)])
+    metrics.update(finetuned_metrics(tuned.get(str(trial.number))))
     return TrialRecord(
         number=trial.number, state=_STATES.get(trial.state, trial.state.name.lower()), vec=vec, metrics=metrics,
         constraints=dict(trial.constraints), evaluated=bool(attrs.get("evaluated", False)), error=attrs.get("error"),
@@ -198,9 +214,11 @@ def _record(trial: FrozenTrial, space: Space, tests: dict[str, float]) -> TrialR
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:
-    """Every trial of the study, in trial-number order (with its test accuracy where it was measured)."""
+    """Every trial of the study, in trial-number order (with its test accuracy and final fine-tune where they were
+    measured)."""
     tests = study.user_attrs.get(TEST_ACCURACY) or {}
-    return [_record(t, space, tests) for t in study.get_trials(deepcopy=False)]
+    tuned = study.user_attrs.get(FINETUNED) or {}
+    return [_record(t, space, tests, tuned) for t in study.get_trials(deepcopy=False)]
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:

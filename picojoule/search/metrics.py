@@ -3,7 +3,9 @@
 Units are SI base units throughout (J, s, bytes, g CO2e, MACs), except ``accuracy`` (a fraction in [0, 1],
 measured on the validation split: what a search selects on) and ``accuracy_drop`` (percentage points below the
 float32 model's accuracy on the same validation split). ``test_accuracy``, the same measurement on the test split
-after the search (front, winners and baselines only), is reported, never optimised or constrained.
+after the search (front, winners and baselines only), is reported, never optimised or constrained; so are
+``finetuned_accuracy`` and ``finetuned_test_accuracy``, a winner's accuracy on each split after the final
+fine-tune.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def format_value(metric: str, value: float) -> str:
     """A human rendering with an SI prefix: ``3.2 µJ``, ``1.5 ms``, ``12.3 KB``, ``98.50%``."""
     if value is None or not np.isfinite(value):
         return "—"
-    if metric in ("accuracy", "test_accuracy"):
+    if metric.endswith("accuracy"):  # accuracy, test_accuracy, finetuned_accuracy, finetuned_test_accuracy
         return f"{value * 100:.2f}%"
     if metric == "accuracy_drop":
         return f"{value:+.2f} pp"

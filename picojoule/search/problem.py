@@ -28,7 +28,7 @@ from picojoule.policy import PolicyBatch
 from picojoule.search.config import (DIGITS, VALIDATION_IMAGES, CarveConfig, EvaluationConfig, Objective,
                                       SearchConfig, SearchSettings)
 from picojoule.search.constraints import ConstraintProgram
-from picojoule.search.evaluate import InputBatches, Metric, check_data, evaluate_policy
+from picojoule.search.evaluate import InputBatches, Metric, check_data, evaluate, evaluate_policy
 from picojoule.search.metrics import cost_metrics
 from picojoule.policy import Policy
 from picojoule.spaces.space import Space
@@ -135,27 +135,59 @@ class Evaluator:
         """Whether a test measurement exists (a test split, or a test metric)."""
         return self.test_metric is not None or self.test is not None
 
+    def _split(self, split: str) -> tuple[ArrayDataset | None, Metric | None]:
+        data, metric = (self.test, self.test_metric) if split == "test" else (self.validation, self.metric)
+        if data is None and metric is None:
+            raise PicojouleError(f"no {split} data or metric to measure accuracy on")
+        return data, metric
+
+    def _compressed(self, policy: Policy, split: str, finetune_steps: int, finetune_seconds: float | None,
+                    augment: bool = False, progress: bool = False, images: int | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+        """evaluate_policy's (compressed model, result) of ``policy`` measured on ``split`` (its first ``images``
+        when given and the split is data), under the seed."""
+        data, metric = self._split(split)
+        if images is not None and metric is None and data is not None:
+            data = data.subset(images)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return evaluate_policy(
+                self.model, self.example, policy, data, metric=metric, graph=self.graph,
+                calib_data=self.calib, train_data=self.train,
+                calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
+                finetune_steps=finetune_steps, finetune_seconds=finetune_seconds, augment=augment, seed=self.seed,
+                progress=progress)
+
     def __call__(self, policy: Policy, split: str = "validation", rung: int = -1) -> dict[str, Any]:
         """``{"accuracy", "seconds", "images", "finetune_steps"}`` of ``policy`` on ``split`` (validation or test) at
         fidelity ``rung`` (an index into ``evaluation.rungs``; -1: the full measurement). A rung's ``images`` take
         the first N validation images (the test split is always measured whole); its fine-tune is repeated as it
         was for the validation measurement (same steps, same seed), so both splits see the same model."""
-        data, metric = (self.test, self.test_metric) if split == "test" else (self.validation, self.metric)
-        if data is None and metric is None:
-            raise PicojouleError(f"no {split} data or metric to measure accuracy on")
         step = self.cfg.rungs[rung]
-        if split != "test" and metric is None and step.images is not None and data is not None:
-            data = data.subset(step.images)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            _, result = evaluate_policy(
-                self.model, self.example, policy, data, metric=metric, graph=self.graph,
-                calib_data=self.calib, train_data=self.train,
-                calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
-                finetune_steps=step.finetune_steps, seed=self.seed)
+        _, result = self._compressed(policy, split, step.finetune_steps, step.finetune_seconds,
+                                     images=step.images if split != "test" else None)
         steps = (result.get("finetune") or {}).get("steps", 0)
         return {"accuracy": result["accuracy"], "seconds": result["seconds"],
-                "images": len(data) if metric is None and data is not None else None, "finetune_steps": steps}
+                "images": result.get("n_test"),
+                "finetune_steps": steps}
+
+    def finetuned(self, policy: Policy, steps: int | None, seconds: float | None, augment: bool = False,
+                  progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+        """The final fine-tune of a winner: ``policy`` applied again, repaired, fine-tuned on the train split with
+        knowledge distillation from the uncompressed model (``steps`` and/or ``seconds``), then measured on the
+        validation split and (where there is one) the test split. Returns (the fine-tuned model,
+        ``{"accuracy", "test_accuracy" (None: no test split), "steps", "seconds"}``)."""
+        if self.train is None or len(self.train) == 0:
+            raise PicojouleError("field 'final_finetune': needs training data to fine-tune on (data.train, or "
+                                 "train_data in picojoule.search)")
+        compressed, result = self._compressed(policy, "validation", steps or 0, seconds, augment, progress)
+        test = None
+        if self.has_test:
+            data, metric = self._split("test")
+            test = evaluate(compressed, data, metric=metric)["accuracy"]
+        tuned = result["finetune"]
+        return compressed, {"accuracy": result["accuracy"], "test_accuracy": test, "steps": tuned["steps"],
+                            "seconds": tuned["seconds"]}
 
 
 @dataclass(frozen=True)

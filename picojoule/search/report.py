@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from picojoule.search.constraints import all_hold
-from picojoule.search.journal import TEST_ACCURACY, TrialRecord
+from picojoule.search.journal import FINETUNED_METRICS, TEST_ACCURACY, TrialRecord
 from picojoule.search.metrics import METRICS, format_value
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
         knobs = [k.choices[i] for k, i in zip(space.knobs, r.vec)] if r.vec is not None else [None] * space.dim
         yield {"trial": r.number, "state": r.state, "feasible": r.feasible, "evaluated": r.evaluated,
                "on_front": r.number in on_front, **{m: r.metrics.get(m, math.nan) for m in METRICS},
-               TEST_ACCURACY: r.metrics.get(TEST_ACCURACY, math.nan),
+               **{m: r.metrics.get(m, math.nan) for m in (TEST_ACCURACY, *FINETUNED_METRICS)},
                **{f"violation[{k}]": r.constraints.get(k) for k in result.bounds},
                **{k.name: v for k, v in zip(space.knobs, knobs)},
                "warm_start": r.warm_start, "retry_of": r.retry_of, "interrupted": r.interrupted,
@@ -64,7 +64,7 @@ def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
 
 def write_trials_csv(result: SearchResult, path: Path) -> Path:
     """One row per trial (:func:`trial_rows`): metrics and violations to 6 digits, blank where missing."""
-    numeric = {*METRICS, TEST_ACCURACY, *(f"violation[{k}]" for k in result.bounds)}
+    numeric = {*METRICS, TEST_ACCURACY, *FINETUNED_METRICS, *(f"violation[{k}]" for k in result.bounds)}
 
     def cell(key: str, value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -81,12 +81,15 @@ def write_trials_csv(result: SearchResult, path: Path) -> Path:
 
 
 def write_pareto(result: SearchResult, folder: Path) -> list[Path]:
-    """Each front policy as ``trial_NNNNN.yaml``, with ``.haq.json`` and ``.amc.json`` beside it."""
+    """Each front policy as ``trial_NNNNN.yaml``, with ``.haq.json`` and ``.amc.json`` beside it (and the final
+    fine-tune's weights ``.pt``, which that stage writes)."""
     from picojoule.spaces.formats import to_amc, to_haq
 
     folder.mkdir(exist_ok=True)
-    for old in folder.glob("trial_*"):  # a resumed run's front replaces the last one
-        old.unlink()
+    tuned = {f"{policy_name(r)}.pt" for r in result.front}
+    for old in folder.glob("trial_*"):  # a resumed run's front replaces the last one (its members keep weights)
+        if old.name not in tuned:
+            old.unlink()
     paths = []
     for r in result.front:
         policy = result.policy(r)
@@ -104,14 +107,19 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def write_result_json(result: SearchResult, path: Path) -> Path:
-    """result.json: the winner of each objective (trial number, metrics, policy document, policy file; the first
-    is the run's chosen policy), the front's trial numbers and each member's validation and test accuracy, what
-    the two accuracies were measured on, the repeats, the baselines, the bounds and what was searched."""
+    """result.json: the winner of each objective (trial number, metrics, policy document, policy file, and with
+    ``final_finetune`` its fine-tune: accuracy on both splits before and after, steps, seconds, weights file; the
+    first is the run's chosen policy), the front's trial numbers and each member's validation and test accuracy,
+    what the two accuracies were measured on, the repeats, the baselines, the bounds and what was searched."""
     from picojoule.search.config import SOURCE_FIELDS
 
     cfg, problem = result.config, result.problem
+    from picojoule.search.final_finetune import finetune_rows
+
+    tuned = {row["trial"]: row for row in finetune_rows(result)}
     winners = [{"objective": label, "trial": r.number, "metrics": _finite(r.metrics),
-                "policy": result.policy(r).to_dict(), "policy_file": f"{PARETO_DIR}/{policy_name(r)}.yaml"}
+                "policy": result.policy(r).to_dict(), "policy_file": f"{PARETO_DIR}/{policy_name(r)}.yaml",
+                **({"finetuned": tuned[r.number]} if r.number in tuned else {})}
                for label, r in result.winners.items()]
     dumped = cfg.dump()
     doc = {
@@ -130,6 +138,7 @@ def write_result_json(result: SearchResult, path: Path) -> Path:
         "drawn": sum(r.drawn is not None for r in result.records),
         "baselines": {name: _finite(m) for name, m in result.baselines.items()},
         "bounds": result.bounds,
+        "final_finetune": dumped.get("final_finetune"),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
@@ -149,7 +158,9 @@ def _link(r: TrialRecord) -> str:
 
 
 def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Path:
-    """report.md: the problem, the winners, the front and the baselines side by side."""
+    """report.md: the problem, the winners (and their final fine-tune), the front and the baselines side by side."""
+    from picojoule.search.final_finetune import report_lines
+
     cfg, problem = result.config, result.problem
     shown = shown_metrics(result)
     heads = [column(result, m) for m in shown]
@@ -185,6 +196,7 @@ def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Pa
             lines.append(_row([label, _link(r)], r.metrics, shown, margins))
     else:
         lines.append("No feasible policy was found: loosen the constraints or give more trials.")
+    lines += report_lines(result)
     lines += ["", f"## Pareto front ({len(result.front)} polic{'y' if len(result.front) == 1 else 'ies'})", ""]
     if result.front:
         lines += _header(["trial"], heads, [])

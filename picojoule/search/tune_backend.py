@@ -135,4 +135,5 @@ def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, wher
 
             ray.shutdown()
     fresh = [r for r in read_records(study, problem.space) if r.counted][done:]
-    return finish_run(run_dir, problem, study, baselines, bounds, len(fresh), sum(r.evaluated for r in fresh))
+    return finish_run(run_dir, problem, study, baselines, bounds, len(fresh), sum(r.evaluated for r in fresh),
+                      progress=progress)

@@ -85,6 +85,13 @@ def test_the_weights_reload_with_weights_only_and_reproduce_the_figures(tuned_ru
     assert "\n" not in str(info.value)
 
 
+def test_compile_takes_the_chosen_winners_fine_tuned_weights(tuned_run: SearchResult) -> None:
+    from picojoule.compilers.commands import finetuned_weights
+
+    chosen = tuned_run.chosen
+    assert finetuned_weights(tuned_run.run_dir) == tuned_run.run_dir / "pareto" / f"trial_{chosen.number:05d}.pt"
+
+
 def test_a_resumed_finish_does_not_fine_tune_again(tuned_run: SearchResult, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil

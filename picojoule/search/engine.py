@@ -37,6 +37,7 @@ from picojoule.search.constraints import all_hold
 from picojoule.search.executors import Executor, SerialExecutor, safe_evaluate
 from picojoule.search.final_finetune import finetune_winners, finetuned_model
 from picojoule.search.final_finetune import summary_lines as finetune_summary
+from picojoule.search.report import front_lines
 from picojoule.search.journal import (TEST_ACCURACY, TrialRecord, knob_params, open_study, quiet_optuna,
                                       read_records, recover_interrupted)
 from picojoule.search.metrics import METRICS, accuracy_metrics, format_value
@@ -146,6 +147,7 @@ class SearchResult:
             lines.append(f"  best {name(o)}: {format_value(o, r.metrics.get(o, math.nan))} (trial {r.number}; "
                          + ", ".join(f"{name(m)} {format_value(m, r.metrics.get(m, math.nan))}"
                                      for m in self._shown() if m != o) + ")")
+        lines += front_lines(self)
         lines += finetune_summary(self)
         if not self.front:
             lines.append("  no feasible policy: loosen the constraints or give more trials")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from picojoule.passes.quantize import FLOAT_BITS
 from picojoule.search.constraints import all_hold
 from picojoule.search.journal import FINETUNED_METRICS, TEST_ACCURACY, TrialRecord
 from picojoule.search.metrics import METRICS, format_value
@@ -42,6 +43,88 @@ def column(result: SearchResult, metric: str) -> str:
 
 def policy_name(record: TrialRecord) -> str:
     return f"trial_{record.number:05d}"
+
+
+#: a list of per-layer values longer than this is written run-length (``8/4×17/8``)
+RUN_LENGTH_AFTER = 8
+
+
+def _short(value: Any) -> str:
+    """A knob value in few characters: bits as they are (``f`` for float), fractions without the leading zero."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:g}".removeprefix("0")
+    return "f" if value == FLOAT_BITS else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _runs(values: list[str]) -> str:
+    """``8/4/4/8``, or for a long list runs of three or more alike as ``value×count``: ``8/4×17/8``."""
+    if len(values) <= RUN_LENGTH_AFTER:
+        return "/".join(values)
+    out, i = [], 0
+    while i < len(values):
+        j = i
+        while j < len(values) and values[j] == values[i]:
+            j += 1
+        out += [f"{values[i]}×{j - i}"] if j - i >= 3 else values[i:j]
+        i = j
+    return "/".join(out)
+
+
+def compact_policy(policy: Any, graph: Any) -> str:
+    """A policy on one line, per compute layer in graph order: ``W 8/3/3/8 A 8/8/5/8 keep 1/.75/1/1``, then
+    ``rank`` and ``sparsity`` where some layer is split or sparse (``-``: no split; ``2:4``: that pattern)."""
+    lps = [policy.for_layer(layer.name) for layer in graph.compute_layers()]
+    parts = {"W": [_short(lp.w_bits) for lp in lps], "A": [_short(lp.a_bits) for lp in lps],
+             "keep": [_short(float(lp.keep)) for lp in lps]}
+    if any(lp.rank for lp in lps):
+        parts["rank"] = [str(lp.rank) if lp.rank else "-" for lp in lps]
+    if any(lp.sparsity for lp in lps):
+        parts["sparsity"] = ["2:4" if lp.sparsity and lp.sparsity_pattern == "2:4" else _short(float(lp.sparsity))
+                             for lp in lps]
+    return " ".join(f"{name} {_runs(values)}" for name, values in parts.items())
+
+
+def saving(result: SearchResult, record: TrialRecord) -> str:
+    """The record's hardware figures as ratios to the baselines its constraints name (``0.36x uniform_int8
+    energy``); without such a constraint, each minimised hardware objective against uniform_int8."""
+    pairs = [(c.metric, c.baseline) for c in result.problem.program
+             if c.baseline is not None and not METRICS[c.metric].needs_accuracy]
+    if not pairs:
+        pairs = [(o.metric, "uniform_int8") for o in result.problem.objectives
+                 if not o.maximise and not METRICS[o.metric].needs_accuracy]
+    texts = []
+    for metric, name in dict.fromkeys(pairs):
+        base = result.baselines.get(name, {}).get(metric)
+        if base and metric in record.metrics:
+            texts.append(f"{record.metrics[metric] / base:.2f}x {name} {metric}")
+    return ", ".join(texts) or "—"
+
+
+def front_order(result: SearchResult) -> list[TrialRecord]:
+    """The front, best first by the first objective."""
+    first = result.problem.objectives[0]
+    return sorted(result.front, key=lambda r: r.metrics[first.metric], reverse=first.maximise)
+
+
+#: front members the summary lists (report.md lists them all)
+SUMMARY_FRONT = 8
+
+
+def front_lines(result: SearchResult) -> list[str]:
+    """The summary's lines on the front: each member's objectives, saving and policy in compact form."""
+    if not result.front:
+        return []
+    first = result.problem.objectives[0].metric
+    lines = [f"  front, best {first} first (W/A: weight/activation bits per layer in graph order):"]
+    graph = result.problem.graph
+    for r in front_order(result)[:SUMMARY_FRONT]:
+        figures = ", ".join(f"{o.metric} {format_value(o.metric, r.metrics.get(o.metric, math.nan))}"
+                            for o in result.problem.objectives)
+        lines.append(f"    trial {r.number}: {figures} ({saving(result, r)}): "
+                     f"{compact_policy(result.policy(r) if r.policy is None else r.policy, graph)}")
+    if len(result.front) > SUMMARY_FRONT:
+        lines.append(f"    ... and {len(result.front) - SUMMARY_FRONT} more (report.md lists them all)")
+    return lines
 
 
 def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
@@ -199,10 +282,13 @@ def write_report(result: SearchResult, path: Path, plots: dict[str, Path]) -> Pa
     lines += report_lines(result)
     lines += ["", f"## Pareto front ({len(result.front)} polic{'y' if len(result.front) == 1 else 'ies'})", ""]
     if result.front:
-        lines += _header(["trial"], heads, [])
-        for r in sorted(result.front, key=lambda r: r.metrics[problem.objectives[0].metric],
-                        reverse=problem.objectives[0].maximise):
-            lines.append(_row([_link(r)], r.metrics, shown, []))
+        lines += ["Best first by the first objective; the saving against the baseline each constraint names; the "
+                  "policy per compute layer in graph order (W/A: weight/activation bits, f: float; keep: share of "
+                  "output channels kept; rank: low-rank split, -: none; sparsity: share of weights zero).", ""]
+        lines += _header(["trial"], heads, ["saving", "policy"])
+        for r in front_order(result):
+            lines.append(_row([_link(r)], r.metrics, shown, [saving(result, r),
+                                                             f"`{compact_policy(result.policy(r), problem.graph)}`"]))
     lines += ["", "## Baselines", ""]
     lines += _header(["baseline"], heads, ["meets constraints"])
     for name, metrics in result.baselines.items():

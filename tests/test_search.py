@@ -243,12 +243,12 @@ from picojoule.search import problem
 from picojoule.search.engine import run_search
 
 calls, original = [0], problem.Evaluator.__call__
-def stalling(self, policy):
+def stalling(self, policy, *args, **kwargs):
     calls[0] += 1
     if calls[0] == {stall_at}:
         print("STALLED", flush=True)
         time.sleep(600)
-    return original(self, policy)
+    return original(self, policy, *args, **kwargs)
 problem.Evaluator.__call__ = stalling
 run_search({config!r}, {out!r}, progress=False)
 """
@@ -284,10 +284,10 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path: Path, monkeypa
     evaluated: list[str] = []
     original = problem_module.Evaluator.__call__
 
-    def counting(self, policy, split="validation"):
+    def counting(self, policy, split="validation", rung=-1):
         if split == "validation":  # the test split measures the front once after the search
             evaluated.append(repr(sorted(policy.layers.items())))
-        return original(self, policy, split)
+        return original(self, policy, split, rung)
 
     monkeypatch.setattr(problem_module.Evaluator, "__call__", counting)
     res = run_search(None, out, resume=True, progress=False)

@@ -284,8 +284,8 @@ def _ilp_seeds(problem: Problem, context: StrategyContext | None) -> list[tuple[
     if context is None or context.sensitivity is None:
         raise PicojouleError(f"{problem.source}: field 'warm_start': 'ilp' needs a per-layer sensitivity: give "
                              "labelled training data (data.train) or pass sensitivity= to picojoule.search")
-    return [(knob_params(problem.space, s.vec), {"warm_start": f"ilp at {scale:g} x the bounds: {s.describe()}"})
-            for scale, s in zip((1.0, 0.9, 0.8), seed_solutions(context, context.sensitivity()))]
+    return [(knob_params(problem.space, s.vec), {"warm_start": f"ilp at {s.scale:g} x the bounds: {s.describe()}"})
+            for s in seed_solutions(context, context.sensitivity())]
 
 
 # ------------------------------------------------------------------------------------------------- the loop

@@ -76,6 +76,12 @@ def make_blocks(space: Space, joint_limit: int = 64) -> list[Block]:
     return sorted(blocks, key=lambda b: b.dims[0])
 
 
+def choice_rows(space: Space, sensitivity: Any) -> list[list[dict[str, Any] | None]]:
+    """Per knob of ``space``, the Sensitivity table's row of each of its choices (None where the table has none)."""
+    rows = {(r["knob"], float(r["choice"])): r for r in sensitivity.table}
+    return [[rows.get((knob.name, float(choice))) for choice in knob.choices] for knob in space.knobs]
+
+
 def sensitivity_scores(space: Space, sensitivity: Any, measure: str = "loss") -> list[np.ndarray]:
     """Per knob, the score of each choice: the loss increase (``loss``), the KL divergence (``kl``) or, for weight
     widths, HAWQ-V3's ``avg_trace * ||W - Q(W)||^2`` (``hawq``; other knobs then use the loss increase) of that
@@ -83,20 +89,16 @@ def sensitivity_scores(space: Space, sensitivity: Any, measure: str = "loss") ->
     is refused with the first knob it lacks."""
     if measure not in MEASURES:
         raise PicojouleError(f"ilp: unknown sensitivity measure '{measure}' (expected one of {', '.join(MEASURES)})")
-    rows: dict[tuple[str, float], dict[str, Any]] = {(r["knob"], float(r["choice"])): r for r in sensitivity.table}
+    column = {"loss": "loss_increase", "kl": "kl", "hawq": "hawq_v3"}[measure]
     scores = []
-    for knob in space.knobs:
+    for knob, rows in zip(space.knobs, choice_rows(space, sensitivity)):
         values = []
-        for choice in knob.choices:
-            row = rows.get((knob.name, float(choice)))
+        for choice, row in zip(knob.choices, rows):
             if row is None:
                 raise PicojouleError(f"ilp: the sensitivity has no row for knob '{knob.name}' = {choice:g}: it was "
                                      "computed for another space; compute it for this one")
-            column = {"loss": "loss_increase", "kl": "kl", "hawq": "hawq_v3"}[measure]
             value = row.get(column)
-            if value is None:
-                value = row["loss_increase"]
-            values.append(max(float(value), 0.0))
+            values.append(max(float(row["loss_increase"] if value is None else value), 0.0))
         scores.append(np.asarray(values))
     return scores
 
@@ -111,6 +113,7 @@ class Solution:
     priced: dict[str, float] = field(default_factory=dict)
     refits: int = 0
     projected: bool = False
+    scale: float = 1.0  # the fraction of the bounds it was solved under
 
     def describe(self) -> str:
         parts = [f"{m}: predicted {format_value(m.split()[0], p)}, priced {format_value(m.split()[0], self.priced[m])}"
@@ -235,8 +238,8 @@ class ILPPlanner:
               time_limit: float = 10.0) -> Solution | None:
         """The least-score vector under every cap times ``scale`` (not one of ``exclude``); None when the program
         has no solution."""
-        c = self.option_scores(scores)
-        c = c + 1e-9 * np.arange(len(c)) / len(c)  # a fixed tie-break: equal scores pick the first option
+        per_option = self.option_scores(scores)
+        c = per_option + 1e-9 * np.arange(len(per_option)) / len(per_option)  # a fixed tie-break: the first option
         target = {key: value * scale for key, (_, value) in self.caps.items()}
         limits, ref = dict(target), self.top
         best = None
@@ -246,8 +249,8 @@ class ILPPlanner:
                 break
             vec = self.vector_of(x)
             priced = self.price(vec)
-            best = Solution(vec, float(self.option_scores(scores)[self.selection(vec)].sum()), predicted, priced,
-                            attempt)
+            best = Solution(vec, float(per_option[self.selection(vec)].sum()), predicted, priced, attempt,
+                            scale=scale)
             over = {k: priced[k] - target[k] for k in target if priced[k] > target[k]}
             if not over:
                 return best
@@ -262,5 +265,5 @@ class ILPPlanner:
         priced = self.price(lowered)
         if any(priced[k] > target[k] for k in target):
             return None
-        return Solution(lowered, float(self.option_scores(scores)[self.selection(lowered)].sum()), best.predicted,
-                        priced, best.refits, projected=True)
+        return Solution(lowered, float(per_option[self.selection(lowered)].sum()), best.predicted, priced,
+                        best.refits, projected=True, scale=scale)

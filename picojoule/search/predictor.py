@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from picojoule.errors import PicojouleError
+from picojoule.search.ilp import choice_rows
 from picojoule.search.projection import knob_capacity
 from picojoule.spaces.space import KNOB_KINDS, Space
 
@@ -80,17 +81,14 @@ def _proxy_tables(space: Space, sensitivity: Any) -> list[list[np.ndarray]]:
     if not isinstance(table, list):
         raise PicojouleError(f"sensitivity: expected a picojoule.Sensitivity (with a .table of rows), "
                              f"got {type(sensitivity).__name__}")
-    dims = {k.name: d for d, k in enumerate(space.knobs)}
-    rows: dict[tuple[int, float], dict] = {}
+    names = {k.name for k in space.knobs}
     for row in table:
-        if row.get("knob") not in dims:
+        if row.get("knob") not in names:
             raise PicojouleError(f"sensitivity: knob '{row.get('knob')}' is not a knob of the space "
                                  f"({space.graph.name} on {space.target.name}); was it measured on another space?")
-        rows[(dims[row["knob"]], float(row["choice"]))] = row
     out = [[np.zeros(len(k.choices)) for k in space.knobs] for _ in SENSITIVITY_FEATURES]
-    for d, knob in enumerate(space.knobs):
-        for i, choice in enumerate(knob.choices):
-            row = rows.get((d, float(choice)))
+    for d, (knob, rows) in enumerate(zip(space.knobs, choice_rows(space, sensitivity))):
+        for i, (choice, row) in enumerate(zip(knob.choices, rows)):
             if row is None:
                 raise PicojouleError(f"sensitivity: no row for knob '{knob.name}' at choice {choice!r}; "
                                      "was it measured on another space?")

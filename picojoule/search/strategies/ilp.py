@@ -128,7 +128,7 @@ class ILPStrategy(Strategy):
                 sol = self.planner.solve(self.scores, scale, tried, self.opts.time_limit)
                 if sol is not None:
                     self.rung = (self.rung + step + 1) % len(scales)
-                    note = f"scale {scale:g}: {sol.describe()}"
+                    note = f"scale {sol.scale:g}: {sol.describe()}"
                     self.study.enqueue_trial(knob_params(self.space, sol.vec), user_attrs={ILP_ATTR: note})
                     break
         return self.record()

@@ -248,12 +248,14 @@ def report() -> Path:
             lines += [f"Engine speed, {eng['note']}:", ""]
         if "overhead" in eng:
             lines += ["Cost-only trials per second through the engine (goal >= 20/s): " + ", ".join(
-                f"{name} {rate:.1f}/s" for name, rate in eng["overhead"].items()) + ".", ""]
+                f"{name} {rate:.1f}/s" for name, rate in eng["overhead"].items()) + "."
+                + (f" ({eng['overhead_note']})" if eng.get("overhead_note") else ""), ""]
         if "ray" in eng:
             r = eng["ray"]
             lines += [f"Accuracy-bound trials ({r['trials']} per arm, random strategy, every trial evaluated): "
                       f"{r['serial_per_min']:.1f}/min in this process, {r['ray_per_min']:.1f}/min on 2 Ray actors: "
-                      f"speed-up {r['speedup']:.2f}x (goal >= 1.8x).", ""]
+                      f"speed-up {r['speedup']:.2f}x (goal >= 1.8x)."
+                      + (f" ({eng['ray_note']})" if eng.get("ray_note") else ""), ""]
     out = RESULTS / "bench_search.md"
     out.write_text("\n".join(lines))
     return out
@@ -283,6 +285,8 @@ def engine_speed(parts: list[str], runs: Path, overhead_trials: int, ray_trials:
         eng["ray"] = {"trials": ray_trials, "serial_per_min": rates[0], "ray_per_min": rates[2],
                       "speedup": rates[2] / rates[0]}
     eng.pop("note", None)
+    for part in parts:  # what this run measured has no note from an earlier one
+        eng.pop(f"{part}_note", None)
     path.write_text(json.dumps(eng, indent=2))
 
 

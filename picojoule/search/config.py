@@ -118,8 +118,9 @@ class Rung(_Strict):
 
 class FidelityConfig(_Strict):
     """Successive halving over rungs, decided as each result arrives (ASHA's rule): a candidate measured at rung k
-    goes on to rung k+1 if its accuracy is in the top ``promote`` fraction of every result at rung k so far (the
-    first ``ceil(1 / promote)`` results at a rung always go on). Only candidates that reach the last rung can be on
+    goes on to rung k+1 if its accuracy is in the top ``promote`` fraction of every result at rung k so far and the
+    rung has promoted fewer than ``max(1, floor(promote x results))`` (a result above every earlier one goes on
+    regardless). Only candidates that reach the last rung can be on
     the Pareto front; every candidate's last measured accuracy is what its strategy is told."""
 
     rungs: list[Rung] = Field(min_length=1, description="from cheapest to the full measurement")

@@ -384,6 +384,7 @@ class _Loop:
         self.rungs = problem.config.evaluation.rungs
         self.promote = problem.config.evaluation.fidelity.promote if problem.config.evaluation.fidelity else 1.0
         self.rung_results: list[list[float]] = [[] for _ in self.rungs]  # every accuracy measured at each rung
+        self.promotions = [0 for _ in self.rungs]  # how many went on from each rung
         self.ladder: dict[int, dict[str, Any]] = {}  # trial number -> its fidelity so far (while in flight)
         self.images = 0  # validation images measured (this session and the ones before)
         self.live = False  # False while the journal's records are noted, True once this session measures
@@ -466,6 +467,7 @@ class _Loop:
         if rung == 0 and self.screen is not None:
             self.screen.add(vec, metrics, result["accuracy"])
         if rung + 1 < len(self.rungs) and self._promoted(rung, result["accuracy"]):
+            self.promotions[rung] += 1
             self.executor.submit((handle, vec, metrics), Job(self.problem.space.decode(vec), rung + 1))
             self._postfix()
             return True
@@ -476,12 +478,16 @@ class _Loop:
         return False
 
     def _promoted(self, rung: int, accuracy: float) -> bool:
-        """ASHA's rule on arrival: in the top ``promote`` fraction of the rung's results so far (the first
-        ``ceil(1 / promote)`` always go on)."""
+        """ASHA's rule, decided on arrival: in the top ``promote`` fraction of the rung's results so far, and
+        within the rung's quota of ``max(1, floor(promote x results))`` promotions (the first result always goes
+        on). A result above every earlier one at its rung goes on beyond the quota: a strategy that improves
+        would otherwise lose its best candidates whenever the quota was spent."""
         values = self.rung_results[rung]
-        if len(values) <= math.ceil(1 / self.promote):
-            return True
-        return accuracy >= float(np.quantile(values, 1.0 - self.promote))
+        if accuracy < float(np.quantile(values, 1.0 - self.promote)):
+            return False
+        quota = max(1, math.floor(self.promote * len(values)))
+        record = len(values) > 1 and accuracy > max(values[:-1])
+        return self.promotions[rung] < quota or record
 
     def _repeat(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], first: TrialRecord) -> None:
         """Tell a repeat of a tried policy that trial's result (not counted against the budget)."""
@@ -545,6 +551,8 @@ class _Loop:
         if record.counted and record.fidelity and not self.live:
             for rung, accuracy in enumerate(record.fidelity["accuracies"][:len(self.rung_results)]):
                 self.rung_results[rung].append(accuracy)  # a resumed run's rungs (a live one noted them itself)
+                if rung:
+                    self.promotions[rung - 1] += 1
             self.images += record.images
             if self.screen is not None and record.vec is not None:
                 self.screen.add(record.vec, record.metrics, record.fidelity["accuracies"][0])

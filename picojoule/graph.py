@@ -32,11 +32,11 @@ import networkx as nx
 from picojoule.errors import PicojouleError
 
 #: op -> cost-model kind (see picojoule.hwmodels.target.OP_KINDS)
-LAYER_OPS = ("conv", "linear", "matmul", "pool", "add", "mul", "act", "norm", "softmax")
+LAYER_OPS = ("conv", "linear", "matmul", "pool", "add", "mul", "act", "norm", "softmax", "embedding")
 #: primitive ops that are not layers and keep the channel variable of their (first) input
 PASS_OPS = ("pass",)
 #: element ops per output element, for the non-MAC layers (a softmax: max, sub, exp, sum, div)
-OPS_PER_ELEMENT = {"pool": 1, "add": 1, "mul": 1, "act": 1, "norm": 5, "softmax": 5}
+OPS_PER_ELEMENT = {"pool": 1, "add": 1, "mul": 1, "act": 1, "norm": 5, "softmax": 5, "embedding": 1}
 
 
 @dataclass
@@ -269,6 +269,11 @@ def assemble(name: str, ops: list[RawOp], graph_inputs: list[str], graph_outputs
             if op.op == "conv" and op.attrs["groups"] > 1 and layer.kind != "depthwise":
                 uf.fix(in_vars[0])
                 uf.fix(out_v)
+        elif op.op == "matmul" and op.attrs.get("pinned"):
+            # a fused attention's matmuls: heads x head_dim reshapes pin the projections' channels
+            for v in in_vars:
+                uf.fix(v)
+            out_v = uf.new(fixed=True)
         elif op.op == "matmul":
             # A (.., M, K) @ B (.., K, N): K couples A's channel with B's row dim. We track the channel
             # (last dim) of each operand: when B's producer gives (.., K, N) through a transpose its

@@ -13,12 +13,12 @@ from picojoule.graph import RawOp
 
 _CONV = {"conv2d", "convolution", "_convolution", "conv1d"}
 _ACT = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardtanh", "hardtanh_", "hardswish", "hardswish_",
-        "hardsigmoid", "clamp", "leaky_relu", "elu", "relu6", "erf", "exp", "sqrt", "rsqrt", "neg"}
+        "hardsigmoid", "clamp", "clamp_min", "clamp_max", "leaky_relu", "elu", "relu6", "erf", "exp", "sqrt", "rsqrt", "neg"}
 _BINARY = {"add": "add", "add_": "add", "sub": "add", "rsub": "add", "mul": "mul", "mul_": "mul", "div": "mul"}
 _POOL = {"avg_pool2d", "max_pool2d", "adaptive_avg_pool2d", "max_pool2d_with_indices", "adaptive_max_pool2d"}
 _PASS = {"view", "reshape", "_unsafe_view", "flatten", "contiguous", "dropout", "clone", "expand", "unsqueeze",
          "squeeze", "alias", "detach", "_to_copy", "to", "type_as", "getitem", "identity", "feature_dropout",
-         "lift_fresh_copy", "dropout_", "unflatten", "view_as", "reshape_as"}
+         "lift_fresh_copy", "dropout_", "unflatten", "view_as", "reshape_as", "expand_as"}
 _TRANSPOSE = {"transpose", "permute", "t", "swapaxes"}
 
 
@@ -61,6 +61,21 @@ def _swaps_last_two(base: str, node: torch.fx.Node, ndim: int) -> bool:
     return perm[-2] == ndim - 1
 
 
+def _attention(node: torch.fx.Node, op: RawOp) -> list[RawOp]:
+    """A fused attention (``scaled_dot_product_attention(q, k, v, mask)``) as the three layers it computes:
+    scores = q @ k^T, their softmax, scores @ v. Its matmuls are ``pinned``: the projections' channels are
+    split into heads x head_dim, so they are not pruned channel by channel."""
+    q, k, v = (a for a in node.args[:3])
+    qs, ks, vs = _shape(q), _shape(k), _shape(v)
+    scores = (*qs[:-1], ks[-2])
+    name = node.name
+    return [RawOp(f"{name}.scores", "matmul", [q.name, k.name], f"{name}.scores", scores, [qs, ks],
+                  {"contraction": qs[-1], "b_transposed": True, "pinned": True}),
+            RawOp(f"{name}.softmax", "softmax", [f"{name}.scores"], f"{name}.softmax", scores, [scores]),
+            RawOp(name, "matmul", [f"{name}.softmax", v.name], op.output, op.out_shape, [scores, vs],
+                  {"contraction": ks[-2], "b_transposed": False, "pinned": True})]
+
+
 def torch_ops(model: torch.nn.Module, example: Any) -> tuple[list[RawOp], list[str], list[str]]:
     """Export ``model`` on ``example`` and translate its graph; returns (ops, input tensors, output tensors)."""
     model = model.eval()
@@ -91,7 +106,22 @@ def torch_ops(model: torch.nn.Module, example: Any) -> tuple[list[RawOp], list[s
         shape = _shape(node)
         op = RawOp(node.name, "fixed", [a.name for a in acts], node.name, shape, [_shape(a) for a in acts])
         swapped[node.name] = False
-        if base in _CONV:
+        if not op.inputs:
+            constants.add(node.name)  # built inside the graph from constants and buffers (masks, positions)
+            continue
+        val = node.meta.get("val")
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:  # the innermost module that computed it: (qualified name, class), for error messages
+            path, cls = list(stack.values())[-1]
+            op.attrs["module"] = (path, getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1].strip("'>")))
+        op.attrs["float"] = bool(getattr(val, "is_floating_point", lambda: False)()) and len(shape) >= 2
+        if base == "scaled_dot_product_attention":
+            ops.extend(_attention(node, op))
+            continue
+        if base == "embedding" and weight:
+            op.op, op.name = "embedding", params[weight[0].name].removesuffix(".weight")
+            op.attrs = {"params": numel[weight[0].name]}  # a gather: one row per token, its table in the size
+        elif base in _CONV:
             w = node.args[1]
             wshape = _shape(w)
             groups = int(_arg(node, 6 if base == "conv2d" else 8, "groups", 1))
@@ -123,6 +153,11 @@ def torch_ops(model: torch.nn.Module, example: Any) -> tuple[list[RawOp], list[s
             op.op = "act"
         elif base in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
             op.op = "softmax"
+        elif base in ("sum", "mean", "linalg_vector_norm", "amax") and len(op.in_shapes[0]) in (2, 3):
+            op.op = "pool"  # a reduction over tokens (sentence pooling) or over the hidden size (a norm)
+            ins = op.in_shapes[0]
+            tokens = len(ins) == 3 and len(shape) == 2 and shape[-1] == ins[-1]
+            op.attrs = {"kernel": (ins[1], 1) if tokens else (1, ins[-1])}
         elif base in _POOL or (base == "mean" and len(shape) == 4):
             op.op = "pool"
             kernel = _arg(node, 1, "kernel_size", None) if base in ("avg_pool2d", "max_pool2d") else None
@@ -141,8 +176,5 @@ def torch_ops(model: torch.nn.Module, example: Any) -> tuple[list[RawOp], list[s
             ins = op.in_shapes[0]
             chan_changed = len(ins) == 4 and len(shape) == 4 and ins[1] != shape[1]
             op.op = "newchan" if chan_changed else "pass"
-        if not op.inputs:
-            constants.add(node.name)  # built inside the graph from constants (masks, positions)
-            continue
         ops.append(op)
     return ops, list(sig.user_inputs), outputs

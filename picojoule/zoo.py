@@ -7,6 +7,8 @@ Module names follow the upstream sources so their checkpoints load strictly:
   akamaster/pytorch_resnet_cifar10 (checkpoint keys ``module.conv1.weight`` ...).
 * ``resnet18/50``, ``mobilenet_v2``: torchvision-identical architectures and names.
 * ``bert_base``: a BERT-base encoder stack (HF names, no embeddings or pooler) on hidden states.
+* ``gpt2_prefill`` / ``gpt2_decode``: a GPT-2-small-shaped decoder: prefill of 512 tokens, and one decode step
+  whose KV cache (1023 positions) is an input, so that its traffic is priced.
 
 Random initialisation is seeded, so building the same name twice gives the same parameters.
 """
@@ -17,6 +19,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -358,6 +361,82 @@ class BertModel(nn.Module):
         return self.encoder(hidden_states)
 
 
+# --------------------------------------------------------------------------- GPT-2 decoder
+
+
+class GPT2Attention(nn.Module):
+    """Causal multi-head attention with GPT-2's fused ``c_attn`` (Q, K, V) and ``c_proj``. With ``past`` (the
+    KV cache, (2, B, H, L, D)) the new token attends to the L cached positions and itself: decode."""
+
+    def __init__(self, hidden: int, heads: int, context: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.c_attn = nn.Linear(hidden, 3 * hidden)
+        self.c_proj = nn.Linear(hidden, hidden)
+        mask = torch.full((context, context), float("-inf")).triu(1)
+        self.register_buffer("causal", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2) for t in self.c_attn(x).chunk(3, -1))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if past is None and x.shape[1] > 1:  # prefill: each position sees the ones before it
+            scores = scores + self.causal[:x.shape[1], :x.shape[1]]
+        context = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.c_proj(context.transpose(1, 2).flatten(-2))
+
+
+class GPT2Block(nn.Module):
+    """Pre-LN block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))`` (c_fc, GELU, c_proj)."""
+
+    def __init__(self, hidden: int, heads: int, context: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attn = GPT2Attention(hidden, heads, context)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(hidden, 4 * hidden))
+        self.mlp.add_module("act", nn.GELU(approximate="tanh"))
+        self.mlp.add_module("c_proj", nn.Linear(4 * hidden, hidden))
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), past)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """A GPT-2-shaped decoder (random weights, built offline; GPT-2 small by default: 12 x 768, 12 heads,
+    vocabulary 50257, context 1024). ``forward(ids)`` is prefill: the logits of every position.
+    ``forward(ids, past)`` is one decode step: ``ids`` (B, 1) the new token, ``past`` the KV cache of every
+    layer, (layers, 2, B, heads, L, head_dim); it returns the new token's logits. The LM head is a separate
+    linear (GPT-2 ties it to the token table: the graph counts its weights twice, as a runtime reads both)."""
+
+    def __init__(self, layers: int = 12, hidden: int = 768, heads: int = 12, vocab: int = 50257,
+                 context: int = 1024) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, hidden), nn.Embedding(context, hidden)
+        self.h = nn.ModuleList(GPT2Block(hidden, heads, context) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0, 0.02)
+
+    def forward(self, ids: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        start = 0 if past is None else past.shape[-2]
+        positions = torch.arange(start, start + ids.shape[1])
+        x = self.wte(ids) + self.wpe(positions)
+        for i, block in enumerate(self.h):
+            x = block(x, None if past is None else past[i])
+        return self.lm_head(self.ln_f(x))
+
+
+def gpt2_decode_example(batch: int = 1, cached: int = 1023, layers: int = 12, heads: int = 12,
+                        head_dim: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the new token, a KV cache of ``cached`` positions) for one decode step of :class:`GPT2`."""
+    return (torch.zeros(batch, 1, dtype=torch.long), torch.randn(layers, 2, batch, heads, cached, head_dim))
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -368,6 +447,7 @@ class ZooEntry:
     description: str
     input_shape: tuple[int, ...]
     build: Callable[[], nn.Module]
+    example: Callable[[], Any] | None = None  # inputs other than one float tensor of input_shape (token ids, caches)
 
 
 _CIFAR = (1, 3, 32, 32)
@@ -388,6 +468,12 @@ ZOO: dict[str, ZooEntry] = {
     "bert_base": ZooEntry(
         "BERT-base encoder, 12 x 768 post-LN, on hidden states, seq 128 (85 M params)", (1, 128, 768), BertModel
     ),
+    "gpt2_prefill": ZooEntry(
+        "GPT-2-small-shaped decoder (random weights), prefill of 512 tokens (124 M params + untied LM head)",
+        (1, 512), GPT2, lambda: torch.zeros(1, 512, dtype=torch.long)),
+    "gpt2_decode": ZooEntry(
+        "GPT-2-small-shaped decoder (random weights), one decode step after 1023 cached tokens (KV cache input)",
+        (1, 1), GPT2, gpt2_decode_example),
 }
 
 #: The names ``build_model`` accepts, in listing order.
@@ -438,7 +524,7 @@ def build_model(name: str, weights: str | os.PathLike | None = None) -> tuple[nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_INIT_SEED)
         model = entry.build()
-        example = torch.randn(entry.input_shape)
+        example = entry.example() if entry.example is not None else torch.randn(entry.input_shape)
     if weights is not None:
         load_weights(model, weights)
     return model.eval(), example

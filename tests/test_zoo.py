@@ -24,11 +24,16 @@ PARAMS = {
     "resnet50": 25_557_032,
     "mobilenet_v2": 3_504_872,
     "bert_base": 85_054_464,
+    # GPT-2 small's 124,439,808 and an untied 768 x 50257 LM head
+    "gpt2_prefill": 163_037_184,
+    "gpt2_decode": 163_037_184,
 }
 OUTPUT_SHAPES = {
     **dict.fromkeys(["resnet20", "resnet32", "resnet56"], (1, 10)),
     **dict.fromkeys(["resnet18", "resnet50", "mobilenet_v2"], (1, 1000)),
     "bert_base": (1, 128, 768),
+    "gpt2_prefill": (1, 512, 50257),
+    "gpt2_decode": (1, 1, 50257),
 }
 # Module names the upstream checkpoints use (torchvision / akamaster / HF BERT).
 SAMPLE_KEYS = {
@@ -73,11 +78,12 @@ def test_registry_lists_every_model() -> None:
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_parameter_count_output_shape_and_eval_mode(name: str) -> None:
     model, x = built(name)
+    args = x if isinstance(x, tuple) else (x,)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
-    assert tuple(x.shape) == ZOO[name].input_shape
+    assert tuple(args[0].shape) == ZOO[name].input_shape
     assert not model.training
     with torch.no_grad():
-        assert tuple(model(x).shape) == OUTPUT_SHAPES[name]
+        assert tuple(model(*args).shape) == OUTPUT_SHAPES[name]
 
 
 @pytest.mark.parametrize("name", list(SAMPLE_KEYS))
@@ -93,15 +99,17 @@ def test_bert_layer_size() -> None:
 
 
 # resnet32/56 are resnet20 made deeper: traced only in the slow run.
-EXPORT_CASES = [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet32", "resnet56") else n for n in PARAMS]
+EXPORT_CASES = [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet32", "resnet56", "gpt2_prefill") else n
+                for n in PARAMS]
 
 
 @pytest.mark.parametrize("name", EXPORT_CASES)
 def test_torch_export_traces_and_matches_eager(name: str) -> None:
     model, x = built(name)
-    exported = torch.export.export(model, (x,))
+    args = x if isinstance(x, tuple) else (x,)
+    exported = torch.export.export(model, args)
     with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(exported.module()(*args), model(*args), rtol=1e-4, atol=1e-4)
 
 
 def test_bert_fx_trace_shows_batched_matmuls() -> None:

@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sensitivity)
     from picojoule.compilers.commands import add_parsers
 
-    add_parsers(sub)  # compile, calibrate
+    add_parsers(sub)  # compile, run, calibrate
     return parser
 
 

@@ -122,7 +122,8 @@ def test_storage_writes_result_json_that_compile_reads(tiny, tmp_path: Path) -> 
     assert [w["trial"] for w in doc["winners"]] == [r.number for r in res.winners.values()]
     assert doc["baselines"]["fp32"]["energy"] == res.baselines["fp32"]["energy"] and BOUND in doc["bounds"]
     chosen = res.chosen
-    policy, spec, weights, name = _resolve(run, "mypkg.models:tiny", None)
+    policy, spec, weights, name, config = _resolve(run, "mypkg.models:tiny", None)
+    assert config == doc["config"]
     assert (spec, weights, name) == ("mypkg.models:tiny", None, f"trial_{chosen.number:05d}")
     assert policy.to_dict() == chosen.policy.to_dict()
     with pytest.raises(PicojouleError, match="already ran here"):

@@ -233,3 +233,105 @@ def test_metaschedule_tuned_build_matches_onnxruntime(tmp_path):
     assert report["latency_s"] > 0
     bound = ORT_TOLERANCE * np.abs(run_onnxruntime(report["onnx"], example)).max()
     assert report["tvm_vs_ort_max_abs_diff"] < bound
+
+
+# ------------------------------------------------------------------------------------------ ONNX Runtime integer
+
+
+@pytest.fixture(scope="module")
+def lossless(shared_data: Path):
+    path = shared_data / "cifar10" / "lossless_subset.npz"
+    return load_npz(path, "train").subset(256), load_npz(path, "test").subset(256)
+
+
+def _top1(fn, data) -> float:
+    correct = sum(int((fn(x).argmax(1) == y.numpy()).sum()) for x, y in data.batches(128))
+    return correct / len(data)
+
+
+def test_integer_onnx_runs_every_conv_as_qlinearconv_and_keeps_top1(w8a8, resnet20, images, lossless, tmp_path):
+    from picojoule.compilers import integer_onnx as io
+    from picojoule.compilers.integer_onnx import integer_onnx
+
+    q, path = w8a8
+    g = io._Graph(onnx.load(str(path)))  # the BatchNorm fold alone: as close to torch as the export itself
+    io._fold_batchnorm(g, io.IntegerReport())
+    onnx.save(g.model, str(tmp_path / "folded.onnx"))
+    assert check_onnxruntime(q, images[1], tmp_path / "folded.onnx") < ORT_TOLERANCE * 40
+    calib, test = lossless
+    model, report = integer_onnx(onnx.load(str(path)), [x for x, _ in calib.batches(128)])
+    out = tmp_path / "w8a8.ort.onnx"
+    onnx.save(model, str(out))
+    # all 19 convolutions and the 9 residual Adds run as integer kernels in ORT; no float Conv is left
+    assert report.kernels.get("QLinearConv") == 19 and report.kernels.get("QLinearAdd") == 9
+    assert not {"Conv", "FusedConv", "BatchNormalization"} & set(report.kernels)
+    assert report.bn_folded == 19 and report.biases_quantized == 19 and report.quantizers_inserted > 0
+    with torch.no_grad():
+        fake = _top1(lambda x: q(x).numpy(), test)
+    integer = _top1(lambda x: run_onnxruntime(out, x), test)
+    assert abs(integer - fake) <= 2 / len(test)  # at most 2 of 256 images change their label
+
+
+def test_integer_onnx_batchnorm_fold_is_exact_and_sub8_clips_move_after_the_quantizer(resnet20, images, tmp_path):
+    from picojoule.compilers import integer_onnx as io
+
+    model, example = resnet20
+    q = _quantized(model, images[0], _uniform(model, 4, 4))
+    path = export_onnx(q, example, tmp_path / "w4a4.onnx")
+    g = io._Graph(onnx.load(str(path)))
+    report = io.IntegerReport()
+    io._fold_batchnorm(g, report)
+    io._move_clips(g, report)
+    io._quantize_biases(g, report)
+    assert report.bn_folded == 19 and report.clips_moved == 20
+    ints = [n for n in g.graph.node if n.op_type == "Clip"]
+    assert len(ints) == 20 and all(g.producer[c.input[0]].op_type == "QuantizeLinear" for c in ints)
+    assert all(g.const(c.input[2]).dtype in (np.int8, np.uint8) and g.const(c.input[2]) in (7, 15) for c in ints)
+    folded = tmp_path / "folded.onnx"
+    onnx.save(g.model, str(folded))
+    x = images[1]
+    base, new = run_onnxruntime(path, x), run_onnxruntime(folded, x)
+    # the integers do not change, but float rounding of the folded scales and the int32 bias moves a few
+    # activations across a rounding boundary, one step of a 4-bit grid each: the labels stay
+    assert (base.argmax(1) == new.argmax(1)).all()
+    full, rep = io.integer_onnx(onnx.load(str(path)), [images[0]])
+    assert rep.kernels.get("QLinearConv", 0) >= 18 and rep.relus_dropped > 0
+
+
+def test_deploy_writes_the_ort_artifact_and_compile_cli_runs_it(resnet20, images, shared_data, tmp_path, capsys):
+    from picojoule.cli import main
+
+    data = shared_data / "cifar10" / "lossless_subset.npz"
+    policy = tmp_path / "w8a8.yaml"
+    policy.write_text("version: 1\nmodel: resnet20\ndefault: {w_bits: 8, a_bits: 8}\n")
+    weights = shared_data / "models" / "resnet20_cifar10.th"
+    assert main(["compile", str(policy), "--weights", str(weights), "--target", "host", "--out", str(tmp_path / "b"),
+                 "--backend", "onnxruntime", "--calib-data", str(data), "--measure", "--repeat", "3"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "b" / "w8a8-host.json").read_text())
+    assert report["model"] == "resnet20" and report["backends"] == ["onnxruntime"] and "library" in report
+    ort = report["onnxruntime"]
+    assert ort["kernels"]["QLinearConv"] == 19 and ort["latency_s"] > 0 and "QLinearConv 19" in out
+    artifact = tmp_path / "b" / "w8a8.ort.onnx"
+    assert main(["run", str(artifact), "--data", str(data), "--images", "256", "--repeat", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 256 and 0.85 < result["top1"] <= 1 and result["latency_s"] > 0
+    assert main(["run", str(tmp_path / "b" / "missing.onnx"), "--data", str(data)]) == 2
+    assert "no such artifact" in capsys.readouterr().err
+    assert main(["run", str(policy), "--data", str(data)]) == 2
+    assert "unknown artifact kind '.yaml'" in capsys.readouterr().err
+    assert main(["run", str(artifact), "--data", "digits"]) == 2  # 8x8 images into a CIFAR model
+    assert "cannot run on digits" in capsys.readouterr().err
+
+
+def test_compile_calibrates_on_the_runs_own_data(tmp_path):
+    from picojoule.compilers.commands import calibration_batches
+
+    example = torch.zeros(1, 1, 8, 8)
+    config = {"data": {"calibration": "digits"}, "evaluation": {"calibration_images": 200}}
+    batches, where = calibration_batches(example, None, config, tmp_path)
+    assert [len(b) for b in batches] == [128, 72] and "data.calibration" in where
+    batches, where = calibration_batches(example, None, {}, tmp_path)
+    assert "noise" in where
+    with pytest.raises(PicojouleError, match=r"field 'data.calibration'"):
+        calibration_batches(example, None, {"data": {"calibration": str(tmp_path / "none.npz")}}, tmp_path)

@@ -1,4 +1,4 @@
-"""The ``picojoule compile`` and ``picojoule calibrate`` subcommands; ``add_parsers(sub)`` adds them to the CLI."""
+"""The ``picojoule compile``, ``run`` and ``calibrate`` subcommands; ``add_parsers(sub)`` adds them to the CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 from picojoule.errors import PicojouleError
 from picojoule.yamlfile import read_text, read_yaml
 
-__all__ = ["add_parsers", "chosen_policy", "finetuned_weights", "run_calibrate", "run_compile"]
+__all__ = ["add_parsers", "calibration_batches", "chosen_policy", "finetuned_weights", "run_artifact", "run_calibrate",
+           "run_compile"]
 
 
 def _say(message: str) -> None:
@@ -55,8 +56,10 @@ def finetuned_weights(run_dir: Path) -> Path | None:
     return run_dir / file if file and (run_dir / file).is_file() else None
 
 
-def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any, str, str | None, str]:
-    """(policy, model spec, weights, artifact name) of a policy file or a search run directory."""
+def _resolve(source: Path, model: str | None, weights: str | None
+             ) -> tuple[Any, str, str | None, str, dict[str, Any]]:
+    """(policy, model spec, weights, artifact name, the run's config or {}) of a policy file or a search run
+    directory."""
     from picojoule.policy import Policy
 
     config: dict[str, Any] = {}
@@ -69,7 +72,40 @@ def _resolve(source: Path, model: str | None, weights: str | None) -> tuple[Any,
     spec = model or config.get("model") or policy.meta.get("model")
     if not spec:
         raise PicojouleError(f"{source}: the policy names no model (field 'model'): give --model")
-    return policy, str(spec), weights or config.get("weights"), name
+    return policy, str(spec), weights or config.get("weights"), name, config
+
+
+def _run_calibration(config: dict[str, Any], source: Path) -> tuple[list[Any], str] | None:
+    """The calibration batches a search run's config names (its ``data.calibration``, else ``data.train``):
+    as many images as the search calibrated on, in batches of 128; None when it names none."""
+    from picojoule.data import load_dataset
+    from picojoule.search.problem import CALIB_BATCH
+
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    for split in ("calibration", "train"):
+        spec = data.get(split)
+        if spec:
+            with _field_error(source, f"data.{split}"):
+                dataset = load_dataset(spec)
+            images = int((config.get("evaluation") or {}).get("calibration_images") or 256)
+            subset = dataset.subset(min(images, len(dataset)))
+            return [x for x, *_ in subset.batches(CALIB_BATCH)], f"the run's data.{split}: {dataset.name}"
+    return None
+
+
+class _field_error:
+    """Re-raise a PicojouleError as one naming the run's result file and the field."""
+
+    def __init__(self, source: Path, field: str) -> None:
+        self.where = f"{source}: field '{field}'"
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, PicojouleError):
+            raise PicojouleError(f"{self.where}: {exc}") from None
+        return False
 
 
 def noise_batches(example: Any, calib_data: str | None) -> tuple[list[Any], str]:
@@ -85,11 +121,21 @@ def noise_batches(example: Any, calib_data: str | None) -> tuple[list[Any], str]
     return [noise_batch(example)], "synthetic noise (give --calib-data for a deployable model)"
 
 
+def calibration_batches(example: Any, calib_data: str | None, config: dict[str, Any], source: Path
+                        ) -> tuple[list[Any], str]:
+    """--calib-data, else the search run's own calibration data, else noise (with a note)."""
+    if not calib_data and config:
+        found = _run_calibration(config, source)
+        if found is not None:
+            return found
+    return noise_batches(example, calib_data)
+
+
 def run_compile(args: argparse.Namespace) -> int:
     """``picojoule compile``: policy -> compressed model -> ONNX, TVM library and JSON report in --out."""
     import torch
 
-    from picojoule.compilers.deploy import deploy
+    from picojoule.compilers.deploy import BACKENDS, deploy
     from picojoule.compilers.report import write_report
     from picojoule.graph import build_graph
     from picojoule.hwmodels.target import load_target
@@ -100,37 +146,43 @@ def run_compile(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     spec = load_target(args.target)
-    policy, model_spec, weights, name = _resolve(Path(args.policy), args.model, args.weights)
+    source = Path(args.policy)
+    policy, model_spec, weights, name, config = _resolve(source, args.model, args.weights)
     name = args.name or name
+    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     _say(f"[1/3] applying {args.policy} to {model_spec}")
     model, example = load_torch_model(model_spec, weights)
     graph = build_graph(model, example, name=model_spec)
     validate_policy(policy, graph, args.policy)
     compressed, info = apply_policy(model, example, policy, graph)
     calibration = "not needed (float activations)"
-    tuned = finetuned_weights(Path(args.policy)) if Path(args.policy).is_dir() and not args.weights else None
+    tuned = finetuned_weights(source) if source.is_dir() and not args.weights else None
+    batches: list[Any] | None = None
     if tuned is not None:
         load_state(compressed, tuned, str(tuned))
         calibration = f"the search's final fine-tune ({tuned}: weights, BatchNorm statistics, activation ranges)"
         _say(f"picojoule: loaded the fine-tuned weights {tuned}")
-    elif info.needs_calibration:
-        batches, calibration = noise_batches(example, args.calib_data)
-        calibrate_activations(compressed, batches)
+    if info.needs_calibration or "onnxruntime" in backends:
+        batches, where = calibration_batches(example, args.calib_data, config, source)
+        if tuned is None and info.needs_calibration:
+            calibrate_activations(compressed, batches)
+            calibration = where
     label = spec.name
-    _say(f"[2/3] exporting ONNX and building with TVM for {label} (tens of seconds)"
+    _say(f"[2/3] exporting ONNX and building it for {' and '.join(backends)} for {label} (tens of seconds)"
          + ("; timing it if this CPU runs its code" if args.measure else ""))
     t0 = time.perf_counter()
     note = None
     try:
         report = deploy(compressed, example, args.target, args.out, name=name, graph=graph, policy=policy,
-                        measure=args.measure, repeat=args.repeat, number=args.number, tune_trials=args.tune_trials)
+                        measure=args.measure, repeat=args.repeat, number=args.number, tune_trials=args.tune_trials,
+                        backends=backends, calib_batches=batches, model_name=model_spec)
     except PicojouleError as exc:
         if spec.tvm is not None:
             raise
-        note = str(exc)  # a target TVM cannot build for: the ONNX file and the report are its deliverables
+        note = str(exc)  # a target TVM cannot build for: the ONNX files and the report are its deliverables
         report = json.loads((Path(args.out) / f"{name}-{label}.json").read_text())
     report.update(source=str(args.policy), calibration=calibration, build_s=time.perf_counter() - t0)
-    if args.measure:
+    if args.measure and "tvm" in backends:
         _time_on_host(report, graph, policy, example, args)
     path = write_report(Path(args.out) / f"{name}-{label}.json", report)
     if note:
@@ -172,7 +224,13 @@ def _ms(seconds: float | None) -> str:
 
 def _print_compile(report: dict[str, Any], path: Path) -> None:
     print(f"onnx:    {report['onnx']}")
-    print(f"library: {report['library'] or '— (not built: ' + report.get('error', '?') + ')'}")
+    ort = report.get("onnxruntime")
+    if ort:
+        print(f"onnx for ONNX Runtime: {ort['onnx']} ({ort['summary']})")
+        if ort.get("latency_s") is not None:
+            print(f"measured latency on this CPU (ONNX Runtime, 1 thread): {_ms(ort['latency_s'])}")
+    if "tvm" in report.get("backends", ["tvm"]):
+        print(f"library: {report.get('library') or '— (not built: ' + report.get('error', '?') + ')'}")
     print(f"report:  {path}")
     if report.get("predicted_latency_s") is not None:
         print(f"predicted latency on {report['target']}: {_ms(report['predicted_latency_s'])}")
@@ -231,9 +289,83 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_artifact(args: argparse.Namespace) -> int:
+    """``picojoule run ARTIFACT --data D``: top-1 and batch-1 latency of a compiled artifact on this CPU (an .onnx
+    file in ONNX Runtime, a TVM library .so in TVM)."""
+    import os
+
+    import numpy as np
+
+    from picojoule.data import load_dataset
+
+    path = Path(args.artifact)
+    if not path.is_file():
+        raise PicojouleError(f"{path}: no such artifact (expected an .onnx file or a TVM library .so)")
+    if path.suffix not in (".onnx", ".so"):
+        raise PicojouleError(f"{path}: unknown artifact kind '{path.suffix}' (expected .onnx for ONNX Runtime or .so "
+                             "for TVM)")
+    if args.threads < 1 or args.repeat < 1 or args.number < 1:
+        raise PicojouleError("run: --threads, --repeat and --number must be >= 1")
+    data = load_dataset(args.data)
+    if args.images is not None:
+        if args.images < 1:
+            raise PicojouleError(f"run: --images must be >= 1, got {args.images}")
+        data = data.subset(min(args.images, len(data)))
+    example = next(iter(data.subset(1).batches(1)))[0]
+    if path.suffix == ".onnx":
+        from picojoule.compilers.export import measure_onnxruntime, onnxruntime_session
+
+        session = onnxruntime_session(path, args.threads)
+        feed_name = session.get_inputs()[0].name
+        static = session.get_inputs()[0].shape[0]
+        batch = 1 if isinstance(static, int) else 128
+
+        def forward(x: Any) -> np.ndarray:
+            return session.run(None, {feed_name: x.numpy()})[0]
+
+        runtime = f"ONNX Runtime {__import__('onnxruntime').__version__}, {args.threads} thread(s)"
+        timer = lambda: measure_onnxruntime(path, example, args.repeat, args.number, threads=args.threads)  # noqa: E731
+    else:
+        os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+        from picojoule.compilers import tvm_build
+
+        executable = tvm_build.load_library(path)
+        batch = 1
+
+        def forward(x: Any) -> np.ndarray:
+            return tvm_build.run(executable, x)
+
+        runtime = f"TVM, TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}"
+        timer = lambda: tvm_build.measure_latency(executable, example, args.repeat, args.number)  # noqa: E731
+    correct = seen = 0
+    _say(f"picojoule: running {path} on {len(data)} images of {data.name} ({runtime})")
+    try:
+        for x, y in data.batches(batch):
+            out = forward(x)
+            correct += int((out.reshape(len(x), -1).argmax(1) == y.numpy()).sum())
+            seen += len(x)
+    except PicojouleError:
+        raise
+    except Exception as exc:  # a runtime's own error on an input that does not fit the artifact
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise PicojouleError(f"{path}: cannot run on {args.data} (input {tuple(example.shape)}): {first}") from None
+    latency = timer()
+    result = {"artifact": str(path), "runtime": runtime, "data": data.name, "images": seen,
+              "top1": correct / seen, "latency_s": latency, "repeat": args.repeat, "number": args.number,
+              "load_avg": os.getloadavg()[0]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"top-1 {100 * result['top1']:.2f}% on {seen} images of {data.name}")
+        print(f"latency {_ms(latency)} at batch 1 ({runtime}; median of {args.repeat} x {args.number} calls; "
+              f"load {result['load_avg']:.1f})")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add ``compile`` and ``calibrate`` to the CLI's subparsers."""
-    p = sub.add_parser("compile", help="build a policy (or a search run's chosen policy) into ONNX + TVM library")
+    p = sub.add_parser("compile", help="build a policy (or a search run's chosen policy) into ONNX for ONNX Runtime "
+                       "and a TVM library")
     p.add_argument("policy", metavar="POLICY_OR_RUN_DIR",
                    help="policy YAML/JSON, or a search run directory (its first objective's winner)")
     p.add_argument("--target", required=True, help="target name or .yaml ('host': this CPU, detected)")
@@ -241,7 +373,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--model", help="model (default: the policy's or the run's 'model')")
     p.add_argument("--weights", help="pretrained weights (default: the run's, and its chosen policy's fine-tuned "
                    "weights where the search fine-tuned it; none: seeded random weights)")
-    p.add_argument("--calib-data", help="dataset for activation ranges of quantized layers (.npz, folder, hook)")
+    p.add_argument("--backend", choices=["all", "tvm", "onnxruntime"], default="all",
+                   help="what to build: a TVM library, the integer ONNX for ONNX Runtime, or both (default)")
+    p.add_argument("--calib-data", help="dataset for activation ranges of quantized layers (.npz, folder, hook; "
+                   "default: a search run's own calibration data, else noise)")
     p.add_argument("--name", help="artifact file name stem (default: the policy file's stem)")
     p.add_argument("--measure", action="store_true",
                    help="time the model on this CPU beside the host target's prediction")
@@ -250,6 +385,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tune-trials", type=int, default=0,
                    help="MetaSchedule tuning trials in all (0: untuned; llvm code this CPU runs; minutes per 64)")
     p.set_defaults(func=run_compile)
+    p = sub.add_parser("run", help="top-1 and latency of a compiled artifact (.onnx in ONNX Runtime, .so in TVM) "
+                       "on real data, on this CPU")
+    p.add_argument("artifact", metavar="ARTIFACT", help="an .onnx file (e.g. compile's <name>.ort.onnx) or a TVM .so")
+    p.add_argument("--data", required=True, help="labelled data set (.npz, ImageFolder folder, digits, hook)")
+    p.add_argument("--images", type=int, help="use the first N images only")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--repeat", type=int, default=20, help="timed repeats (median)")
+    p.add_argument("--number", type=int, default=5, help="calls per repeat")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_artifact)
     p = sub.add_parser("calibrate", help="fit a CPU target's efficiencies to TVM latencies measured on this CPU")
     p.add_argument("--target", required=True,
                    help="CPU target name or .yaml (host: this CPU, detected; cpu-avx512, host-znver3, ...)")

@@ -26,6 +26,7 @@ import warnings
 from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,7 +40,8 @@ from picojoule.spaces.quantize import ActivationQuantizer, QuantConv2d, QuantLin
 from picojoule.spaces.quantize import _fake_quant_weight  # the quantize module's own grid, scale and rounding
 
 __all__ = ["CARRIER_BITS", "ORT_TOLERANCE", "check_onnxruntime", "export_clone", "export_onnx",
-           "fold_constants", "qdq_counts", "run_onnxruntime", "with_static_input"]
+           "fold_constants", "measure_onnxruntime", "onnxruntime_session", "qdq_counts", "run_onnxruntime",
+           "with_static_input"]
 
 CARRIER_BITS = 8
 DEFAULT_OPSET = 17
@@ -289,16 +291,49 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     return path
 
 
-def run_onnxruntime(path: str | Path, example_input: torch.Tensor, threads: int = 1) -> np.ndarray:
-    """The first output of the ONNX file ``path`` on ``example_input`` in ONNX Runtime (CPU)."""
+def onnxruntime_session(path: str | Path, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (all graph optimisations on)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: example_input.detach().cpu().numpy()})[0]
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PicojouleError(f"{path}: ONNX Runtime cannot load it: {first}") from exc
+
+
+def run_onnxruntime(path: str | Path, example_input: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
+    """The first output of the ONNX file ``path`` on ``example_input`` in ONNX Runtime (CPU)."""
+    session = onnxruntime_session(path, threads)
+    x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else example_input
+    return session.run(None, {session.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+
+
+def measure_onnxruntime(path: str | Path, example_input: torch.Tensor | np.ndarray, repeat: int = 20,
+                        number: int = 5, warmup: int = 10, threads: int = 1) -> float:
+    """Median over ``repeat`` runs of the mean of ``number`` calls, in seconds, in ONNX Runtime on this CPU with
+    ``threads`` intra-op threads, after ``warmup`` calls (as :func:`tvm_build.measure_latency` times TVM)."""
+    import time
+
+    if repeat < 1 or number < 1 or warmup < 0:
+        raise PicojouleError(f"measure_onnxruntime: repeat and number must be >= 1, warmup >= 0; got {repeat}, "
+                             f"{number}, {warmup}")
+    session = onnxruntime_session(path, threads)
+    x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else example_input
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            session.run(None, feed)
+        times.append((time.perf_counter() - t0) / number)
+    return float(np.median(times))
 
 
 def check_onnxruntime(model: nn.Module, example_input: torch.Tensor, path: str | Path,

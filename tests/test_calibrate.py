@@ -163,7 +163,7 @@ def test_run_directory_gives_its_chosen_policy(tmp_path):
                {"objective": "maximise accuracy", "trial": 3, "policy": Policy.uniform(8, 8, 0.5).to_dict()}]
     (run / "result.json").write_text(json.dumps({"config": {"model": "resnet20", "weights": "w.th"},
                                                  "winners": winners}))
-    policy, model, weights, name = _resolve(run, None, None)
+    policy, model, weights, name, _ = _resolve(run, None, None)
     assert (model, weights, name) == ("resnet20", "w.th", "trial_00007") and policy.default.keep == 0.75
     (run / "result.json").unlink()
     with pytest.raises(PicojouleError, match="not a finished search run"):
@@ -269,6 +269,24 @@ def test_calibration_on_measured_resnet20_lowers_the_error(shared_data, graph, t
     assert stats.spearman_after > 0.8 and stats.spearman_after >= stats.spearman_before
     assert stats.mode_rates[this_cpu.mode_for(8).name] < 0.8  # the fit learns that 8-bit runs near float speed
     assert load_target(write_target_yaml(calibrated, tmp_path / "cal.yaml", stats)) == calibrated
+
+
+def test_onnxruntime_timings_see_the_integer_kernels(shared_data, graph, this_cpu, tmp_path):
+    """The same baselines timed in ONNX Runtime on the integer ONNX compile writes: 8 bits pays there (in TVM's
+    untuned code it does not), and the sampled policies carry no 9..16-bit widths (ORT would emulate them)."""
+    from picojoule.compilers.calibrate import integer_or_float
+
+    weights = str(shared_data / "models" / "resnet20_cifar10.th")
+    policies = [integer_or_float(p) for p in sample_policies(graph, this_cpu, 7, seed=0)]
+    assert all(not 8 < b < 32 for p in policies for lp in [p.default, *p.layers.values()]
+               for b in (lp.w_bits, lp.a_bits) if b is not None)
+    measured = measure_policies("resnet20", weights, this_cpu, policies, tmp_path, repeat=5, number=5, rounds=2,
+                                progress=False, runtime="onnxruntime")
+    assert all(m.error is None and m.measured_s > 0 and m.onnx.endswith(".ort.onnx") for m in measured)
+    fp32, w8a8 = measured[0].measured_s, measured[1].measured_s
+    assert w8a8 < 0.8 * fp32  # QLinearConv: about 2x here
+    with pytest.raises(PicojouleError, match="field 'runtime'"):
+        measure_policies("resnet20", weights, this_cpu, policies[:1], tmp_path, runtime="tensorrt")
 
 
 def _cli_has(command: str) -> bool:

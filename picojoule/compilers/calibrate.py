@@ -43,7 +43,8 @@ from picojoule.hwmodels.workload import graph_arrays, policy_batch, workload
 from picojoule.policy import FLOAT_BITS, Policy
 from picojoule.spaces.space import Space
 
-__all__ = ["FitStats", "Measurement", "fit_efficiency", "measure_policies", "noise_batch", "predict_latency",
+__all__ = ["FitStats", "Measurement", "fit_efficiency", "integer_or_float", "measure_policies", "noise_batch",
+           "predict_latency",
            "runnable_tvm_target",
            "sample_policies", "write_target_yaml"]
 
@@ -59,6 +60,18 @@ def _as_float(policy: Policy) -> Policy:
     return Policy(replace(policy.default, w_bits=FLOAT_BITS, a_bits=FLOAT_BITS),
                   {n: replace(lp, w_bits=FLOAT_BITS, a_bits=FLOAT_BITS) for n, lp in policy.layers.items()},
                   dict(policy.meta))
+
+
+def integer_or_float(policy: Policy) -> Policy:
+    """``policy`` with every 9..16-bit width made float32: what ONNX Runtime runs (its integer kernels take 8-bit
+    operands, sub-8-bit values carried in int8; wider ones would be emulated in float, slower than float)."""
+    def fix(bits: int | None) -> int | None:
+        return FLOAT_BITS if bits is not None and 8 < bits < FLOAT_BITS else bits
+
+    def layer(lp: Any) -> Any:
+        return replace(lp, w_bits=fix(lp.w_bits), a_bits=fix(lp.a_bits))
+
+    return Policy(layer(policy.default), {n: layer(lp) for n, lp in policy.layers.items()}, dict(policy.meta))
 
 
 def _named(policy: Policy, name: str) -> Policy:
@@ -139,15 +152,22 @@ def noise_batch(example: torch.Tensor) -> torch.Tensor:
     return torch.randn((4, *example.shape[1:]), generator=gen)
 
 
+RUNTIMES = ("tvm", "onnxruntime")
+
+
 def measure_policies(model_spec: str, weights: str | None, target: Target | str, policies: Sequence[Policy],
                      outdir: str | Path, repeat: int = 5, number: int = 2, rounds: int = 3,
-                     progress: bool = True) -> list[Measurement]:
+                     progress: bool = True, runtime: str = "tvm") -> list[Measurement]:
     """Apply, export, build and time each policy of ``model_spec`` on this CPU; predict it on ``target``.
 
-    Every policy is built first; then ``rounds`` passes time all of them in turn (median of ``repeat`` runs
-    of ``number`` calls each) and a policy keeps its fastest pass: slow phases of other work on shared
-    cores do not land on one policy. A policy that fails to build keeps its error and no measurement.
+    ``runtime``: ``tvm`` (a TVM build for this CPU, untuned) or ``onnxruntime`` (the integer ONNX that
+    ``compile`` writes for ONNX Runtime, one thread). Every policy is built first; then ``rounds`` passes time
+    all of them in turn (median of ``repeat`` runs of ``number`` calls each) and a policy keeps its fastest
+    pass: slow phases of other work on shared cores do not land on one policy. A policy that fails to build keeps
+    its error and no measurement.
     """
+    if runtime not in RUNTIMES:
+        raise PicojouleError(f"calibrate: field 'runtime': expected one of {list(RUNTIMES)}, got {runtime!r}")
     from tqdm import tqdm
 
     from picojoule.compilers import tvm_build
@@ -164,7 +184,7 @@ def measure_policies(model_spec: str, weights: str | None, target: Target | str,
     model, example = load_torch_model(model_spec, weights)
     graph = build_graph(model, example, name=model_spec)
     predicted = price(graph, target, list(policies)).total_latency_s
-    tgt, _ = runnable_tvm_target(target)
+    tgt = runnable_tvm_target(target)[0] if runtime == "tvm" else None
     results, executables = [], {}
     for i, policy in enumerate(tqdm(policies, desc=f"build {model_spec}", disable=not progress, unit="policy")):
         name = str(policy.meta.get("name", f"policy{i:03d}"))
@@ -175,9 +195,19 @@ def measure_policies(model_spec: str, weights: str | None, target: Target | str,
                 calibrate_activations(compressed, [noise_batch(example)])
             m.macs = info.macs
             onnx = export_onnx(compressed, example, outdir / f"{name}.onnx")
-            m.onnx = str(onnx)
             t0 = time.perf_counter()
-            executables[i] = tvm_build.compile_onnx(onnx, tgt, tuple(example.shape))
+            if runtime == "tvm":
+                executables[i] = tvm_build.compile_onnx(onnx, tgt, tuple(example.shape))
+            else:
+                import onnx as onnx_lib
+
+                from picojoule.compilers.integer_onnx import integer_onnx
+
+                integer, _ = integer_onnx(onnx_lib.load(str(onnx)), [noise_batch(example)])
+                onnx = outdir / f"{name}.ort.onnx"
+                onnx_lib.save(integer, str(onnx))
+                executables[i] = onnx
+            m.onnx = str(onnx)
             m.compile_s = time.perf_counter() - t0
         except PicojouleError as exc:
             m.error = str(exc)
@@ -185,7 +215,12 @@ def measure_policies(model_spec: str, weights: str | None, target: Target | str,
     times: dict[int, list[float]] = {i: [] for i in executables}
     passes = [(r, i) for r in range(rounds) for i in executables]
     for _, i in tqdm(passes, desc=f"time {model_spec}", disable=not progress, unit="run"):
-        times[i].append(tvm_build.measure_latency(executables[i], example, repeat, number, warmup=2, target=tgt))
+        if runtime == "tvm":
+            times[i].append(tvm_build.measure_latency(executables[i], example, repeat, number, warmup=2, target=tgt))
+        else:
+            from picojoule.compilers.export import measure_onnxruntime
+
+            times[i].append(measure_onnxruntime(executables[i], example, repeat, number, warmup=5, threads=1))
     for i, ts in times.items():
         results[i].measured_s = min(ts)
     return results
@@ -353,7 +388,7 @@ def _start(terms: _Terms, target: Target, meas: np.ndarray, rows: np.ndarray) ->
 def _calibrated(target: Target, eff: np.ndarray, overhead: float, rate: np.ndarray, beta: float,
                 stats: FitStats) -> Target:
     note = (f"calibrated {stats.date} with picojoule calibrate: {stats.model}, {stats.n_policies} policies "
-            f"built with TVM and timed on {stats.measured_on}; held-out Spearman {stats.spearman_after:.3f}, "
+            f"built and timed on {stats.measured_on}; held-out Spearman {stats.spearman_after:.3f}, "
             f"MAPE {100 * stats.mape_after:.1f}%")
     modes = [m if math.isclose(r, 1.0) else m.model_copy(update={
         "peak_macs_per_s": float(m.peak_macs_per_s * r),
@@ -433,7 +468,7 @@ def write_target_yaml(target: Target, path: str | Path, stats: FitStats | None =
     if stats is not None:
         eff = ", ".join(f"{k} {v:.4g}" for k, v in stats.efficiency.items())
         header = (f"# Calibrated by 'picojoule calibrate' on {stats.date}: {stats.model}, {stats.n_policies} "
-                  f"policies built with TVM\n# and timed on {stats.measured_on}; {stats.split}.\n"
+                  f"policies built\n# and timed on {stats.measured_on}; {stats.split}.\n"
                   f"# Spearman {stats.spearman_before:.3f} -> {stats.spearman_after:.3f}; MAPE {100 * stats.mape_before:.1f}% -> "
                   f"{100 * stats.mape_after:.1f}% (train {100 * stats.mape_train:.1f}%).\n"
                   f"# efficiency: {eff}; layer overhead {stats.layer_overhead_s * 1e6:.2f} us; channel exponent "

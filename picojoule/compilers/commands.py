@@ -257,14 +257,26 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if target.kind != "cpu":
         raise PicojouleError(f"calibrate: target {target.name} is a {target.kind}: calibration times code on this "
                              "CPU, so only CPU targets (kind: cpu) can be calibrated")
-    _, where = runnable_tvm_target(target)
+    if args.runtime == "tvm":
+        _, where = runnable_tvm_target(target)
+    else:
+        import onnxruntime
+
+        from picojoule.compilers import tvm_build
+
+        where = (f"this CPU ({tvm_build.host_cpu()}) in ONNX Runtime {onnxruntime.__version__}, 1 thread, "
+                 "the integer ONNX compile writes")
     _say(f"picojoule: building and timing on {where}")
     model, example = load_torch_model(args.model, args.weights)
     graph = build_graph(model, example, name=args.model)
     policies = sample_policies(graph, target, args.policies, args.seed)
+    if args.runtime == "onnxruntime":  # 9..16-bit widths run in float there
+        from picojoule.compilers.calibrate import integer_or_float
+
+        policies = [integer_or_float(p) for p in policies]
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure_policies(args.model, args.weights, target, policies, args.workdir or tmp,
-                                    rounds=args.rounds)
+                                    rounds=args.rounds, runtime=args.runtime)
     ok = [m for m in measured if m.measured_s is not None]
     for m in measured:
         if m.error:
@@ -401,6 +413,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--model", required=True, help="zoo name, 'digits' or 'package.module:function'")
     p.add_argument("--weights", help="pretrained weights (latency does not depend on them)")
     p.add_argument("--policies", type=int, default=24, help="policies to sample, build and time")
+    p.add_argument("--runtime", choices=["tvm", "onnxruntime"], default="tvm",
+                   help="the runtime whose timings the target is fitted to (default tvm, untuned; onnxruntime: "
+                   "the integer ONNX compile writes, 1 thread)")
     p.add_argument("--holdout", type=float, default=0.25, help="share held out for the statistics (0: leave-one-out)")
     p.add_argument("--rounds", type=int, default=3, help="timing passes over all policies (each keeps its fastest)")
     p.add_argument("--seed", type=int, default=0)

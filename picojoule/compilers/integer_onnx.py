@@ -18,8 +18,8 @@ The rewrite, in order (each a small pass over the graph; the ONNX file stays a p
 4. **8-bit quantizers where the fake-quant model has none** (the only approximation): at every quantized
    convolution's output (after its Relu, if one follows) that does not feed a quantizer already, and at every
    float input of an Add that joins quantized branches. An input that already has an 8-bit quantizer (no
-   integer Clip after it) reuses it, as ``quantize_static`` gives a tensor one scale. Their ranges are
-   calibrated on the given batches with the MSE rule picojoule's activation quantizers use.
+   integer Clip after it) reuses it, as ``quantize_static`` gives a tensor one scale. Their ranges are the
+   largest magnitudes seen on the given batches (these tensors are float in the fake-quant model).
 
 ``integer_onnx(model, batches)`` returns the new model and an :class:`IntegerReport` (what was folded, inserted,
 and which ops ONNX Runtime then runs as integer kernels).
@@ -39,7 +39,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from picojoule.errors import PicojouleError
-from picojoule.spaces.quantize import ACT_CLIP_RATIOS, _search_clip_ratio
 
 __all__ = ["IntegerReport", "integer_onnx", "ort_kernel_counts"]
 
@@ -47,7 +46,6 @@ __all__ = ["IntegerReport", "integer_onnx", "ort_kernel_counts"]
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul",
                    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "MatMulIntegerToFloat",
                    "DynamicQuantizeMatMul", "ConvInteger", "MatMulNBits", "QLinearSigmoid", "QLinearLeakyRelu")
-SAMPLE = 2**16  # values kept per calibrated tensor
 
 
 @dataclass
@@ -289,8 +287,9 @@ def _reusable_q(g: _Graph, tensor: str) -> onnx.NodeProto | None:
     return None
 
 
-def _calibrate(g: _Graph, tensors: list[str], batches: Sequence[np.ndarray]) -> dict[str, tuple[float, bool]]:
-    """(scale, signed) per tensor, observed over ``batches`` with the MSE clip rule of the activation quantizers."""
+def _calibrate(g: _Graph, tensors: list[str], batches: Sequence[np.ndarray]) -> dict[str, tuple[float, int]]:
+    """(scale, uint8 zero point) per tensor: its whole range over ``batches`` (and 0) on the uint8 grid. These
+    tensors are float in the fake-quant model, so the range clips nothing."""
     import onnxruntime as ort
 
     probe = copy.deepcopy(g.model)
@@ -301,23 +300,16 @@ def _calibrate(g: _Graph, tensors: list[str], batches: Sequence[np.ndarray]) -> 
     opts.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    seen: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    rng = np.random.default_rng(0)
+    lo = dict.fromkeys(tensors, np.inf)
+    hi = dict.fromkeys(tensors, -np.inf)
     for batch in batches:
         for t, value in zip(tensors, session.run(tensors, {name: np.asarray(batch, np.float32)})):
-            flat = value.reshape(-1)
-            seen[t].append(flat if flat.size <= SAMPLE else rng.choice(flat, SAMPLE, replace=False))
+            lo[t], hi[t] = min(lo[t], float(value.min())), max(hi[t], float(value.max()))
     ranges = {}
-    for t, parts in seen.items():
-        values = np.concatenate(parts)
-        lo, hi = float(values.min()), float(values.max())
-        signed = lo < 0
-        qmin, qmax = (-128, 127) if signed else (0, 255)
-        amax = max(abs(lo), abs(hi), 1e-12)
-        sample = values if values.size <= SAMPLE else rng.choice(values, SAMPLE, replace=False)
-        ratio = _search_clip_ratio(torch.from_numpy(sample.astype(np.float32))[None], torch.tensor([amax]), qmin, qmax,
-                                   ACT_CLIP_RATIOS).item()
-        ranges[t] = (max(ratio * amax / qmax, 1e-12), signed)
+    for t in tensors:  # uint8 over [min(lo, 0), max(hi, 0)]: asymmetric, as quantize_static's activations
+        low, high = min(lo[t], 0.0), max(hi[t], 0.0)
+        scale = max((high - low) / 255, 1e-12)
+        ranges[t] = (scale, int(np.clip(np.round(-low / scale), 0, 255)))
     return ranges
 
 
@@ -345,8 +337,8 @@ def _insert_quantizers(g: _Graph, batches: Sequence[np.ndarray], report: Integer
         ranges = _calibrate(g, [t for t, _ in fresh], batches)
         report.calibration_batches = len(batches)
         for tensor, users in fresh:
-            scale, signed = ranges[tensor]
-            zp = np.array(0, np.int8 if signed else np.uint8)
+            scale, zero = ranges[tensor]
+            zp = np.array(zero, np.uint8)
             s_name, z_name = g.add_init(tensor + "_scale", np.array(scale, np.float32)), g.add_init(tensor + "_zp", zp)
             q_out, dq_out = g.fresh(tensor + "_q"), g.fresh(tensor + "_dq")
             g.graph.node.append(helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q_out], name=g.fresh("q")))

@@ -176,3 +176,53 @@ def test_readme_transformer_example_runs() -> None:
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert scope["graph"].macs > 1e9 and isinstance(scope["w4"], nn.Module)
+
+
+def test_group_grid_gives_the_integers_of_the_fake_quant_weight() -> None:
+    from picojoule.compilers.linear_onnx import pack_nbits
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 256, generator=gen)
+    fake, grid = quantize_groups(w, 4, 128, return_grid=True)
+    q = grid.codes(fake)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and grid.scale.shape == (8, 2)
+    rows = (q.float().reshape(8, 2, 128) - grid.zero[..., None]) * grid.scale[..., None]
+    assert torch.equal(rows.reshape(8, 256), fake)  # value = (q - zero) * scale, exactly
+    h = torch.eye(256) + 0.1
+    fake_g, grid_g = gptq(w, h, 3, 64, return_grid=True)
+    assert grid_g.scale.shape == (8, 4) and int(grid_g.codes(fake_g).max()) <= 7
+    rows = (grid_g.codes(fake_g).float().reshape(8, 4, 64) - grid_g.zero[..., None]) * grid_g.scale[..., None]
+    assert torch.allclose(rows.reshape(8, 256), fake_g, atol=1e-6)
+    packed = pack_nbits(q.numpy(), 4, 128)  # two codes a byte, the first in the low nibble
+    assert packed.shape == (8, 2, 64) and packed[0, 0, 0] == q[0, 0] | (q[0, 1] << 4)
+
+
+def test_compressed_minilm_exports_for_onnx_runtime_with_int4_and_int8_kernels(minilm: HFModel, texts: list[str],
+                                                                              tmp_path: Path) -> None:
+    import numpy as np
+
+    from picojoule.compilers.export import onnxruntime_session
+    from picojoule.compilers.integer_onnx import ort_kernel_counts
+    from picojoule.compilers.linear_onnx import export_linear_onnx
+
+    ids, mask = minilm.tokenize(texts[:16])
+    calib = [(ids, mask)]
+    w4, _ = compress_linears(minilm.module, calib, LinearPlan(w_bits=4, group_size=128))  # RTN: GPTQ's grid is the same
+
+    path, summary = export_linear_onnx(w4, minilm.example(1), tmp_path / "w4.onnx", output_names=["embedding"])
+    assert len(summary["matmul_nbits"]) == 36 and summary["ops"]["MatMulNBits"] == 36  # 6 layers x (Q K V O up down)
+    session = onnxruntime_session(path)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    with torch.no_grad():
+        expected = w4(ids, mask).numpy()
+    got = session.run(None, feeds)[0]
+    assert np.abs(got - expected).max() < 1e-4  # the int4 kernel computes the fake-quant weight exactly
+    w8, _ = compress_linears(minilm.module, calib, LinearPlan(w_bits=8, a_bits=8, smooth=0.75))
+    path8, summary8 = export_linear_onnx(w8, minilm.example(1), tmp_path / "w8.onnx", output_names=["embedding"])
+    assert len(summary8["qdq_int8"]) == 36 and summary8["float"] == []
+    kernels = ort_kernel_counts(str(path8))
+    assert kernels.get("MatMulIntegerToFloat", 0) + kernels.get("QLinearMatMul", 0) == 36
+    got8 = onnxruntime_session(path8).run(None, feeds)[0]
+    with torch.no_grad():
+        fp32 = minilm.module(ids, mask).numpy()
+    assert (got8 * fp32).sum(1).min() > 0.98  # unit embeddings: the int8 kernels keep the fidelity

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
@@ -103,22 +103,45 @@ def _fake(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -
     return (q - zero) * scale
 
 
-def quantize_groups(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
-    """Round-to-nearest fake quantization of ``w`` (out x in), one asymmetric range per group of inputs."""
+@dataclass(frozen=True)
+class GroupGrid:
+    """The grid of a group-quantized weight (out x in): ``value = (q - zero) * scale`` with ``q`` in
+    ``0 .. 2^bits - 1``, one ``scale`` and ``zero`` (out x in/group) per ``group`` consecutive inputs of a row.
+    What an int4 kernel (ONNX Runtime's MatMulNBits) needs to store the weight as integers."""
+
+    bits: int
+    group: int
+    scale: torch.Tensor
+    zero: torch.Tensor
+
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """The integers ``q`` of ``w``, a weight on this grid (uint8, out x in)."""
+        out_f, in_f = w.shape
+        rows = w.detach().float().reshape(out_f, in_f // self.group, self.group)
+        q = torch.round(rows / self.scale[..., None]) + self.zero[..., None]
+        return q.clamp(0, 2**self.bits - 1).reshape(out_f, in_f).to(torch.uint8)
+
+
+def quantize_groups(w: torch.Tensor, bits: int, group_size: int | None, return_grid: bool = False) -> Any:
+    """Round-to-nearest fake quantization of ``w`` (out x in), one asymmetric range per group of inputs; with
+    ``return_grid``, ``(w, GroupGrid)``."""
     out_f, in_f = w.shape
     g = in_f if group_size is None else min(group_size, in_f)
     if in_f % g:
         raise PicojouleError(f"group-wise quantization: {in_f} inputs are not a multiple of group_size {g}")
     rows = w.detach().float().reshape(out_f * (in_f // g), g)
     scale, zero = _group_params(rows, bits)
-    return _fake(rows, scale, zero, bits).reshape(out_f, in_f).to(w.dtype)
+    out = _fake(rows, scale, zero, bits).reshape(out_f, in_f).to(w.dtype)
+    if return_grid:
+        return out, GroupGrid(bits, g, scale.reshape(out_f, in_f // g), zero.reshape(out_f, in_f // g))
+    return out
 
 
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None, damp: float = 0.01,
-         block: int = 128, mask: torch.Tensor | None = None) -> torch.Tensor:
+         block: int = 128, mask: torch.Tensor | None = None, return_grid: bool = False) -> Any:
     """GPTQ's fake-quantized ``w`` (out x in) under the calibration Hessian ``2 X^T X / n`` (in x in): columns
     in order, in blocks of ``block`` with lazy updates, group ranges taken when a group starts. Weights where
-    ``mask`` is False stay zero (GPTQ after pruning)."""
+    ``mask`` is False stay zero (GPTQ after pruning). With ``return_grid``, ``(w, GroupGrid)``."""
     w = w.detach().float().clone()
     out_f, in_f = w.shape
     g = in_f if group_size is None else min(group_size, in_f)
@@ -138,8 +161,11 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | No
                              "raise 'damp' or give more calibration data") from None
     q = torch.zeros_like(w)
     scale = zero = None
+    scales, zeros = [], []
     if g == in_f:
         scale, zero = _group_params(w, bits)
+        scales.append(scale)
+        zeros.append(zero)
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
         w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
@@ -147,6 +173,8 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | No
         for i in range(i2 - i1):
             if g < in_f and (i1 + i) % g == 0:
                 scale, zero = _group_params(w1[:, i:i + g], bits)
+                scales.append(scale)
+                zeros.append(zero)
             col = w1[:, i]
             qcol = _fake(col[:, None], scale, zero, bits)[:, 0]
             if mask is not None:
@@ -156,6 +184,8 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | No
             w1[:, i:] -= e[:, None] @ h1[i, i:][None, :]
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if return_grid:
+        return q, GroupGrid(bits, g, torch.cat(scales, dim=1), torch.cat(zeros, dim=1))
     return q
 
 
@@ -238,7 +268,10 @@ class SmoothedQuantLinear(nn.Module):
         self.register_buffer("inv_s", (1.0 / s).float())
         weight = linear.weight.detach() * s[None, :].to(linear.weight.dtype)
         ratio = _weight_clip_ratio(weight, w_bits)
-        self.weight = nn.Parameter(_fake_quant_weight(weight, ratio, w_bits)[0], requires_grad=False)
+        wq, w_scale = _fake_quant_weight(weight, ratio, w_bits)
+        self.weight = nn.Parameter(wq, requires_grad=False)
+        self.w_bits, self.layer_name = w_bits, name
+        self.register_buffer("w_scale", w_scale.detach().float())  # per output channel: weight = q * w_scale
         self.bias = linear.bias
         self.input_quant = AbsmaxQuantizer(a_bits, name) if a_range == "absmax" else ActivationQuantizer(a_bits, name)
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -298,12 +331,14 @@ def compress_linears(model: nn.Module, calibration: Iterable[tuple], plan: Linea
         elif plan.w_bits is not None:
             if plan.method == "gptq":
                 h = st.h / max(st.n, 1)
-                w = gptq(w, h, plan.w_bits, plan.group_size, plan.damp, mask=mask).to(w.dtype)
+                w, grid = gptq(w, h, plan.w_bits, plan.group_size, plan.damp, mask=mask, return_grid=True)
+                w = w.to(layer.weight.dtype)
             else:
-                w = quantize_groups(w, plan.w_bits, plan.group_size)
+                w, grid = quantize_groups(w, plan.w_bits, plan.group_size, return_grid=True)
                 if mask is not None:
                     w = w * mask
             layer.weight.data = w
+            layer.group_grid = grid  # for the int4 export (MatMulNBits); a masked zero is on the grid too
         else:
             layer.weight.data = w
         zeros += int((w == 0).sum())
@@ -327,4 +362,5 @@ def calibrate_wrapped(model: nn.Module, calibration: list[tuple]) -> None:
         q.freeze()
 
 
-__all__ = ["LinearPlan", "compress_linears", "gptq", "quantize_groups", "prune_mask", "SmoothedQuantLinear", "n_m"]
+__all__ = ["GroupGrid", "LinearPlan", "compress_linears", "gptq", "quantize_groups", "prune_mask", "SmoothedQuantLinear",
+           "n_m"]

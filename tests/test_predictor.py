@@ -175,11 +175,12 @@ def test_gbr_std_is_the_ensemble_spread_and_the_out_of_bag_error(space):
     vecs = space.sample(np.random.default_rng(6), 60)
     predictor = AccuracyPredictor(space, model="gbr", seed=1).fit(vecs, synthetic(space, vecs))
     mean, std = predictor.predict(vecs[:10])
-    members = np.stack([r.predict(policy_features(space, vecs[:10])) for r in predictor._regressors])
+    regressor = predictor._regressor
+    members = np.stack([r.predict(policy_features(space, vecs[:10])) for r in regressor._regressors])
     assert len(members) == predictor.members > 1
     np.testing.assert_allclose(mean, members.mean(0))
-    assert 0 < predictor._oob_var < 0.05
-    np.testing.assert_allclose(std ** 2, members.var(0) + predictor._oob_var)
+    assert 0 < regressor._oob_var < 0.05
+    np.testing.assert_allclose(std ** 2, members.var(0) + regressor._oob_var)
 
 
 @pytest.mark.parametrize("model", ["gbr", "gp"])

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from picojoule.errors import PicojouleError
+from picojoule.regression import MODELS, UncertainRegressor
 from picojoule.search.ilp import choice_rows
 from picojoule.search.projection import knob_capacity
 from picojoule.spaces.space import KNOB_KINDS, Space
@@ -31,7 +32,6 @@ __all__ = ["AccuracyPredictor", "feature_names", "holdout_rank_correlation", "po
 
 #: the sensitivity proxy's features, in order (present only when a Sensitivity is given)
 SENSITIVITY_FEATURES = ("sum_loss_increase", "sum_kl", "sum_hawq_v3")
-MODELS = ("gbr", "gp")
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -119,24 +119,18 @@ def feature_names(space: Space, sensitivity: Any = None) -> list[str]:
 class AccuracyPredictor:
     """Predicts a policy's accuracy from :func:`policy_features`, fitted on measured (vector, accuracy) pairs.
 
-    ``model="gbr"``: an ensemble of ``members`` scikit-learn GradientBoostingRegressors (depth 2, 50 steps at a
-    learning rate of 0.2, at least 3 samples a leaf, Huber loss; 100 at 0.1 ranked random digits-CNN policies no
-    better at twice the time), each fitted on a bootstrap resample with its own seed; the mean is the ensemble
-    mean, and ``std`` combines the ensemble's spread with the members' out-of-bag error: ``sqrt(var over members +
-    mean squared out-of-bag residual)``. The spread alone, bagging's disagreement, put 74% of 300 held-out
-    synthetic truths (80 fitted) within 2 std, the combination all of them: conservative, as a screen should be;
-    the out-of-bag part is the same for every policy, so only the spread grows away from the data. ``model="gp"``: a GaussianProcessRegressor on standardised
-    features, a constant times an isotropic Matern 5/2 plus a WhiteKernel (the measurement noise), targets
-    normalised, hyperparameters by marginal likelihood; ``std`` is the posterior standard deviation of the
-    latent accuracy (without the noise).
+    The regressor is :class:`~picojoule.regression.UncertainRegressor`. ``model="gbr"``: a bagged ensemble of
+    ``members`` small gradient-boosting models (100 steps at 0.1 ranked random digits-CNN policies no better than
+    its 50 at 0.2, at twice the time); its ``std``, spread plus out-of-bag error, put all of 300 held-out synthetic
+    truths (80 fitted) within 2 std where the spread alone put 74%: conservative, as a screen should be.
+    ``model="gp"``: a Gaussian process; ``std`` is the posterior standard deviation of the latent accuracy.
 
     :meth:`fit` refuses (``fitted`` stays False, ``reason`` says why) with fewer than ``min_samples`` distinct
     measured policies; accuracies that are not finite (failed trials) are left out."""
 
     def __init__(self, space: Space, sensitivity: Any = None, model: str = "gbr", seed: int = 0, *,
                  min_samples: int = 8, members: int = 8):
-        if model not in MODELS:
-            raise PicojouleError(f"predictor: model: expected one of {', '.join(MODELS)}, got {model!r}")
+        UncertainRegressor(model)  # checks the name
         if min_samples < 2:
             raise PicojouleError(f"predictor: min_samples: expected at least 2, got {min_samples}")
         self.space, self.model, self.seed = space, model, seed
@@ -145,10 +139,7 @@ class AccuracyPredictor:
         self.fitted = False
         self.reason: str | None = "not fitted yet"
         self.n_samples = 0
-        self._regressors: list[Any] = []
-        self._scale: tuple[np.ndarray, np.ndarray] | None = None
-        self._y_std = 1.0  # gp: the targets' scale
-        self._oob_var = 0.0  # gbr: the members' mean squared out-of-bag error
+        self._regressor: UncertainRegressor | None = None
 
     def fit(self, vecs: np.ndarray, accuracies: np.ndarray) -> AccuracyPredictor:
         """Fit on measured vectors (N, D) and their accuracies (N,); replaces any earlier fit."""
@@ -159,64 +150,19 @@ class AccuracyPredictor:
         ok = np.isfinite(y)
         x, y, vecs = x[ok], y[ok], np.asarray(vecs)[ok]
         distinct = len(np.unique(vecs, axis=0)) if len(vecs) else 0
-        self.fitted, self._regressors, self.n_samples = False, [], int(len(y))
+        self.fitted, self._regressor, self.n_samples = False, None, int(len(y))
         if distinct < self.min_samples:
             self.reason = f"{distinct} distinct measured policies, fewer than min_samples = {self.min_samples}"
             return self
-        self._regressors = self._fit_gp(x, y) if self.model == "gp" else self._fit_gbr(x, y)
+        self._regressor = UncertainRegressor(self.model, self.seed, self.members).fit(x, y)
         self.fitted, self.reason = True, None
         return self
 
-    def _fit_gbr(self, x: np.ndarray, y: np.ndarray) -> list[Any]:
-        from sklearn.ensemble import GradientBoostingRegressor
-
-        rng = np.random.default_rng(self.seed)
-        out, residuals = [], []
-        for m in range(self.members):
-            rows = rng.integers(0, len(y), len(y))
-            reg = GradientBoostingRegressor(loss="huber", n_estimators=50, learning_rate=0.2, max_depth=2,
-                                            min_samples_leaf=3, random_state=self.seed + m)
-            out.append(reg.fit(x[rows], y[rows]))
-            oob = np.setdiff1d(np.arange(len(y)), rows)
-            residuals.append(reg.predict(x[oob]) - y[oob])
-        residuals = np.concatenate(residuals)
-        self._oob_var = float(np.mean(residuals ** 2)) if len(residuals) else 0.0
-        return out
-
-    def _fit_gp(self, x: np.ndarray, y: np.ndarray) -> list[Any]:
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
-        mean, std = x.mean(0), x.std(0)
-        self._scale = (mean, np.where(std > 0, std, 1.0))
-        kernel = (ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=3.0, length_scale_bounds=(1e-1, 1e3), nu=2.5)
-                  + WhiteKernel(1e-2, (1e-6, 1.0)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2, random_state=self.seed)
-        with warnings.catch_warnings():  # a hyperparameter at its bound is a fit, not a failure
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gp.fit(self._standardise(x), y)
-        self._y_std = float(y.std()) or 1.0  # normalize_y's scale: the fitted noise is in its units
-        return [gp]
-
-    def _standardise(self, x: np.ndarray) -> np.ndarray:
-        mean, std = self._scale
-        return (x - mean) / std
-
     def predict(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of the predicted accuracy of each vector (N, D), each of shape (N,)."""
-        if not self.fitted:
+        if not self.fitted or self._regressor is None:
             raise PicojouleError(f"predictor: not fitted ({self.reason})")
-        x = self.features(vecs)
-        if self.model == "gp":
-            mean, std = self._regressors[0].predict(self._standardise(x), return_std=True)
-            # the posterior of the latent function: take the fitted WhiteKernel's noise back out
-            noise = self._regressors[0].kernel_.k2.noise_level * self._y_std ** 2
-            return mean, np.sqrt(np.maximum(std ** 2 - noise, 0.0))
-        preds = np.stack([reg.predict(x) for reg in self._regressors])
-        return preds.mean(0), np.sqrt(preds.var(0) + self._oob_var)
+        return self._regressor.predict(self.features(vecs))
 
     def screen(self, vecs: np.ndarray, best_so_far: float, margin: float = 0.0, k: float = 2.0) -> np.ndarray:
         """Which vectors are worth measuring (a bool mask (N,)): those whose optimistic estimate ``mean + k * std``

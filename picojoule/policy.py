@@ -74,6 +74,22 @@ def _layer_policy(data: Any, base: LayerPolicy, where: str) -> LayerPolicy:
     return lp
 
 
+def _check_top_level(data: dict[str, Any], source: str) -> None:
+    """Other top-level keys are metadata (model, target, provenance, ...), but a misspelt 'default' or 'layers',
+    or a layer field written without 'default:', would silently mean float32 everywhere: refuse those."""
+    import difflib
+
+    for key in data:
+        if key in ("version", "default", "layers"):
+            continue
+        if key in FIELD_BY_NAME:
+            raise PicojouleError(f"{source}: field '{key}' at the top level: layer fields go under 'default:' "
+                                 "(every layer) or 'layers: {NAME: ...}'")
+        close = difflib.get_close_matches(str(key), ["default", "layers", "version"], n=1, cutoff=0.75)
+        if close:
+            raise PicojouleError(f"{source}: unknown field '{key}': did you mean '{close[0]}'?")
+
+
 @dataclass
 class Policy:
     """A per-layer compression policy: a default plus per-layer overrides, keyed by layer name."""
@@ -94,6 +110,7 @@ class Policy:
         if not isinstance(data, dict):
             raise PicojouleError(f"{source}: expected a mapping with 'default' and/or 'layers'")
         _check_version(data.get("version", POLICY_VERSION), source)
+        _check_top_level(data, source)
         default = _layer_policy(data.get("default", {}), LayerPolicy(), f"{source}: default")
         layers_data = data.get("layers") or {}
         if not isinstance(layers_data, dict):

@@ -192,3 +192,17 @@ def test_keep_on_any_one_member_sets_the_group():
     group = graph["layer2.0.conv2"].group
     assert group_keeps(member, graph)[group] == 0.5
     assert price(graph, "a100", member).total_macs[0] == price(graph, "a100", anchor).total_macs[0] < graph.macs
+
+
+def test_a_misspelt_section_or_a_field_without_default_is_refused_not_read_as_float32():
+    from picojoule.errors import PicojouleError
+    from picojoule.policy import Policy
+
+    for doc, says in [({"defaults": {"w_bits": 8}}, "did you mean 'default'"),
+                      ({"layer": {"conv1": {"w_bits": 4}}}, "did you mean 'layers'"),
+                      ({"w_bits": 8, "a_bits": 8}, "field 'w_bits' at the top level")]:
+        with pytest.raises(PicojouleError, match=says) as info:
+            Policy.from_dict(doc, "w8a8.yaml")
+        assert str(info.value).startswith("w8a8.yaml: ") and "\n" not in str(info.value)
+    kept = Policy.from_dict({"model": "resnet20", "provenance": {"strategy": "ilp"}, "default": {"w_bits": 8}})
+    assert kept.meta == {"model": "resnet20", "provenance": {"strategy": "ilp"}} and kept.default.w_bits == 8

@@ -166,16 +166,18 @@ def test_fidelity_measures() -> None:
     assert len(pydoc_corpus(20)) == 20 and all(len(t) >= 80 for t in pydoc_corpus(20))
 
 
-def test_readme_transformer_example_runs() -> None:
+def test_readme_transformer_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Hugging Face example, executed as a user would paste it."""
     import re
 
+    monkeypatch.chdir(tmp_path)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("### Transformers (Hugging Face)"):readme.index("### Hardware targets")]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert scope["graph"].macs > 1e9 and isinstance(scope["w4"], nn.Module)
+    assert scope["summary"]["ops"]["MatMulNBits"] == 36 and (tmp_path / "minilm-w4.onnx").is_file()
 
 
 def test_group_grid_gives_the_integers_of_the_fake_quant_weight() -> None:

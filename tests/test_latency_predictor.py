@@ -59,3 +59,17 @@ def test_a_runtime_that_pays_for_transitions_is_learned_where_the_roofline_canno
         LatencyPredictor(graph, target, "forest")
     with pytest.raises(PicojouleError, match="need at least 2 per fold"):
         compare_on_holdout(graph, target, policies[:6], truth[:6], folds=4)
+
+
+def test_readme_latency_predictor_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(from picojoule.compilers.calibrate import integer_or_float.*?)```", readme,
+                     re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+    assert scope["latency_s"].shape == (4,) and (scope["latency_s"] > 0).all() and (scope["std_log"] > 0).all()
+    assert all(m.measured_s > 0 for m in scope["timed"])

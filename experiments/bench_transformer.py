@@ -67,7 +67,7 @@ def priced(graph: Any, knobs: dict[str, Any]) -> dict[str, float]:
 def ort_row(module: torch.nn.Module, model: Any, path: Path, ids: torch.Tensor, mask: torch.Tensor,
             reference: torch.Tensor, repeat: int) -> dict[str, Any]:
     """Export for ONNX Runtime (MatMulNBits / QDQ int8 / float), run on the evaluation passages, time at batch 1."""
-    from picojoule.compilers.export import onnxruntime_session
+    from picojoule.compilers.export import measure_onnxruntime, onnxruntime_session
     from picojoule.compilers.linear_onnx import export_linear_onnx
 
     path, summary = export_linear_onnx(module, model.example(1), path, output_names=["embedding"])
@@ -76,17 +76,11 @@ def ort_row(module: torch.nn.Module, model: Any, path: Path, ids: torch.Tensor, 
                                              "attention_mask": mask[i:i + 32].numpy()})[0]
                           for i in range(0, len(ids), 32)])
     score = fidelity(reference, torch.from_numpy(out))
-    feed = {"input_ids": model.example(1)[0].numpy(), "attention_mask": model.example(1)[1].numpy()}
-    for _ in range(3):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
+    ids1, mask1 = model.example(1)
+    latency = measure_onnxruntime(path, {"input_ids": ids1, "attention_mask": mask1}, repeat, number=1, warmup=3)
     kind = ("MatMulNBits" if summary["matmul_nbits"] else "QDQ int8 (MatMulIntegerToFloat)" if summary["qdq_int8"]
             else "float MatMul")
-    return {"ort_latency_s": float(np.median(times)), "ort_cosine": score["cosine"],
+    return {"ort_latency_s": latency, "ort_cosine": score["cosine"],
             "ort_retrieval_overlap": score["retrieval_overlap"], "ort_linears": kind,
             "ort_file_mb": path.stat().st_size / 1e6}
 

@@ -79,33 +79,18 @@ def _run_calibration(config: dict[str, Any], source: Path) -> tuple[list[Any], s
     """The calibration batches a search run's config names (its ``data.calibration``, else ``data.train``):
     as many images as the search calibrated on, in batches of 128; None when it names none."""
     from picojoule.data import load_dataset
-    from picojoule.search.problem import CALIB_BATCH
+    from picojoule.search.problem import CALIB_BATCH, _field
 
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     for split in ("calibration", "train"):
         spec = data.get(split)
         if spec:
-            with _field_error(source, f"data.{split}"):
+            with _field(str(source), f"data.{split}"):
                 dataset = load_dataset(spec)
             images = int((config.get("evaluation") or {}).get("calibration_images") or 256)
             subset = dataset.subset(min(images, len(dataset)))
             return [x for x, *_ in subset.batches(CALIB_BATCH)], f"the run's data.{split}: {dataset.name}"
     return None
-
-
-class _field_error:
-    """Re-raise a PicojouleError as one naming the run's result file and the field."""
-
-    def __init__(self, source: Path, field: str) -> None:
-        self.where = f"{source}: field '{field}'"
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        if isinstance(exc, PicojouleError):
-            raise PicojouleError(f"{self.where}: {exc}") from None
-        return False
 
 
 def noise_batches(example: Any, calib_data: str | None) -> tuple[list[Any], str]:

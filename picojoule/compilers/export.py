@@ -306,25 +306,36 @@ def onnxruntime_session(path: str | Path, threads: int = 1) -> Any:
         raise PicojouleError(f"{path}: ONNX Runtime cannot load it: {first}") from exc
 
 
-def run_onnxruntime(path: str | Path, example_input: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
-    """The first output of the ONNX file ``path`` on ``example_input`` in ONNX Runtime (CPU)."""
+def _feed(session: Any, example_input: Any) -> dict[str, np.ndarray]:
+    """The session's input feed: one tensor or array for its first input (as float32), or a mapping of input
+    name to tensor or array (kept in its dtype, e.g. token ids)."""
+    def array(x: Any) -> np.ndarray:
+        return np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+
+    if isinstance(example_input, dict):
+        return {name: array(x) for name, x in example_input.items()}
+    return {session.get_inputs()[0].name: array(example_input).astype(np.float32, copy=False)}
+
+
+def run_onnxruntime(path: str | Path, example_input: Any, threads: int = 1) -> np.ndarray:
+    """The first output of the ONNX file ``path`` on ``example_input`` (see :func:`measure_onnxruntime`) in ONNX
+    Runtime (CPU)."""
     session = onnxruntime_session(path, threads)
-    x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else example_input
-    return session.run(None, {session.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+    return session.run(None, _feed(session, example_input))[0]
 
 
-def measure_onnxruntime(path: str | Path, example_input: torch.Tensor | np.ndarray, repeat: int = 20,
+def measure_onnxruntime(path: str | Path, example_input: Any, repeat: int = 20,
                         number: int = 5, warmup: int = 10, threads: int = 1) -> float:
     """Median over ``repeat`` runs of the mean of ``number`` calls, in seconds, in ONNX Runtime on this CPU with
-    ``threads`` intra-op threads, after ``warmup`` calls (as :func:`tvm_build.measure_latency` times TVM)."""
+    ``threads`` intra-op threads, after ``warmup`` calls (as :func:`tvm_build.measure_latency` times TVM).
+    ``example_input``: a tensor or array for the first input, or a mapping of input name to tensor or array."""
     import time
 
     if repeat < 1 or number < 1 or warmup < 0:
         raise PicojouleError(f"measure_onnxruntime: repeat and number must be >= 1, warmup >= 0; got {repeat}, "
                              f"{number}, {warmup}")
     session = onnxruntime_session(path, threads)
-    x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else example_input
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
+    feed = _feed(session, example_input)
     for _ in range(warmup):
         session.run(None, feed)
     times = []

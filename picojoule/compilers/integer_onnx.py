@@ -38,6 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from picojoule.compilers.export import _drop_unused
 from picojoule.errors import PicojouleError
 
 __all__ = ["IntegerReport", "integer_onnx", "ort_kernel_counts"]
@@ -408,9 +409,3 @@ def integer_onnx(model: onnx.ModelProto, batches: Sequence[np.ndarray | torch.Te
     onnx.checker.check_model(g.model)
     report.kernels = ort_kernel_counts(g.model)
     return g.model, report
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)

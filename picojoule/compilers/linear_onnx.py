@@ -29,7 +29,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from picojoule.compilers.export import ExportQuant, fold_constants
+from picojoule.compilers.export import ExportQuant, _drop_unused, fold_constants
 from picojoule.errors import PicojouleError
 from picojoule.spaces.linear_ptq import GroupGrid, SmoothedQuantLinear
 
@@ -131,9 +131,7 @@ def _matmul_nbits(model: onnx.ModelProto, grids: list[tuple[str, torch.Tensor, G
         graph.node.insert(list(graph.node).index(node), new)
         graph.node.remove(node)
         done.append(name)
-    used = {i for nd in graph.node for i in nd.input}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)
+    _drop_unused(graph)
     if done and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return done

@@ -30,6 +30,12 @@ class CostResult:
     params: np.ndarray  # weights + biases per layer after pruning/low rank
     nonzeros: np.ndarray  # params less the zero weights of sparsity
     weight_bits: np.ndarray  # model size in bits per layer
+    area_mm2: float = float("nan")  # the target's silicon (picojoule.hwmodels.area), nan where it cannot be estimated
+
+    @property
+    def average_power_w(self) -> np.ndarray:
+        """(N,) energy / latency of each policy, W."""
+        return self.total_energy_j / np.maximum(self.total_latency_s, 1e-30)
 
     @property
     def total_latency_s(self) -> np.ndarray:
@@ -110,4 +116,25 @@ def finish(model: str, ga: GraphArrays, target: Target, wl: Workload, t_compute:
         model=model, target=target.name, layers=ga.names, components=["compute", *levels, "static"],
         latency_s=latency, energy_j=energy, bound=bound, bound_names=["compute", *levels], macs=wl.macs,
         params=wl.weight_elems, nonzeros=wl.nonzero_weights, weight_bits=wl.weight_elems * wl.w_bits,
+        area_mm2=target_area(target),
     )
+
+
+_AREAS: dict[int, tuple[Target, float]] = {}
+
+
+def target_area(target: Target) -> float:
+    """:func:`picojoule.hwmodels.area.area_mm2` of ``target``, cached (targets are frozen)."""
+    hit = _AREAS.get(id(target))
+    if hit is not None and hit[0] is target:
+        return hit[1]
+    from picojoule.hwmodels.area import area_mm2
+
+    try:
+        value = float(area_mm2(target))
+    except ValueError:  # a figure outside the scaling rules' range (e.g. a node they do not cover)
+        value = float("nan")
+    if len(_AREAS) > 256:
+        _AREAS.clear()
+    _AREAS[id(target)] = (target, value)
+    return value

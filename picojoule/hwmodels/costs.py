@@ -9,13 +9,14 @@ from picojoule.graph import LayerGraph
 from picojoule.hwmodels.carbon import co2e_grams
 from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.eyeriss import eyeriss
+from picojoule.hwmodels.hierarchy import hierarchy
 from picojoule.hwmodels.roofline import roofline
 from picojoule.hwmodels.target import Target, load_target
 from picojoule.hwmodels.workload import graph_arrays, policy_batch, workload
 from picojoule.policy import PolicyBatch
 from picojoule.policy import Policy
 
-COST_MODELS = {"roofline": roofline, "eyeriss": eyeriss}
+COST_MODELS = {"roofline": roofline, "eyeriss": eyeriss, "hierarchy": hierarchy}
 
 
 def price(graph: LayerGraph, target: Target | str, policies: PolicyBatch | Policy | Sequence[Policy] | None = None,

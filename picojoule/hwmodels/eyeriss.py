@@ -33,6 +33,9 @@ from picojoule.hwmodels.workload import GraphArrays, Workload
 def _conv_part(target: Target, p, q, r, s, stride, c, macs, w, i, o, wb, ab):
     """Bits moved at (rf, noc, glb, dram-read, dram-write) by one conv-like part, each (N, L)."""
     rows, cols = target.spatial.rows, target.spatial.cols
+    if rows is None:  # a v2 array of other than two dimensions: its first dimension as rows, the rest as columns
+        rows = target.dataflow.unroll[0].size
+        cols = target.num_pes // rows
     rf_bits = target.memory[0].capacity_bytes * 8
     glb = target.memory[-2] if len(target.memory) >= 3 else target.memory[0]
     glb_bits = glb.capacity_bytes * glb.instances * 8

@@ -6,19 +6,33 @@ A target is data, not code: adding one is adding a file under ``picojoule/hwmode
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from picojoule.errors import PicojouleError
+from picojoule.hwmodels.parameters import PARAMETERS
 from picojoule.yamlfile import read_yaml, validated
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 
 #: Op kinds the cost models distinguish; every target states an efficiency for each.
 OP_KINDS = ("conv", "depthwise", "linear", "matmul", "pool", "elementwise")
+
+#: Operands a memory level may hold: weights, input activations, outputs (partial sums).
+OPERANDS = ("W", "I", "O")
+#: What a memory level is for. v1 files have no roles: they follow from the level's position.
+ROLES = ("rf", "noc", "buffer", "glb", "dram")
+#: Loop dimensions of a conv-like layer (ZigZag's names): batch, output and input channels, output columns and
+#: rows, filter columns and rows, and groups (a depthwise conv's channels).
+LOOP_DIMS = ("B", "K", "C", "OX", "OY", "FX", "FY", "G")
+#: Dataflows: which operand stays in the PE's register file while the others stream past it; "flexible": the
+#: cheapest at every level, as a mapper that searches loop orders (ZigZag's LOMA, Timeloop) would find.
+DATAFLOWS = ("row-stationary", "weight-stationary", "output-stationary", "flexible")
 
 
 class _Strict(BaseModel):
@@ -84,29 +98,98 @@ class Compute(_Strict):
 
 
 class MemoryLevel(_Strict):
-    """One level of the memory hierarchy, innermost (registers) first, off-chip DRAM last."""
+    """One level of the memory hierarchy, innermost (registers) first, off-chip DRAM last.
+
+    Schema v2 (optional fields; a v1 file has none of them): the ``operands`` a level holds (a weight-only
+    SRAM, an output register file; an operand a level does not hold bypasses it), its ``role`` and separate
+    read and write bandwidths. A level with as many ``instances`` as the array has PEs is a per-PE register
+    file; fewer instances are shared by the PEs (one read reaches every PE that wants the same value)."""
 
     name: str
+    role: Literal[ROLES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="rf | noc | buffer | glb | dram; default by position (v1): first rf, last dram, "
+        "the second of 4 or more noc, the second-last glb, any other buffer")
+    operands: list[Literal[OPERANDS]] | None = Field(  # type: ignore[valid-type]
+        default=None, description="operands held (W weights, I inputs, O outputs/psums); default all three")
     capacity_bytes: float | None = Field(gt=0, description="per instance; null for off-chip DRAM")
     instances: int = Field(default=1, ge=1, description="copies, e.g. one register file per PE")
     bandwidth_bytes_per_s: float = Field(gt=0, description="aggregate over all instances")
+    read_bandwidth_bytes_per_s: float | None = Field(default=None, gt=0, description="read port; default: shared")
+    write_bandwidth_bytes_per_s: float | None = Field(default=None, gt=0, description="write port; default: shared")
     read_energy_pj_per_bit: float = Field(gt=0)
     write_energy_pj_per_bit: float | None = Field(default=None, gt=0, description="default: = read")
+    spans: list[int] | None = Field(
+        default=None, description="the dataflow's array dimensions (indices into dataflow.unroll) that one instance "
+        "serves, as ZigZag's served_dimensions; default: none for one instance per PE, all for one instance")
     source: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryLevel:
+        if self.operands is not None:
+            if not self.operands:
+                raise ValueError("a memory level must hold at least one operand of W, I, O")
+            if len(set(self.operands)) != len(self.operands):
+                raise ValueError(f"operands listed twice: {self.operands}")
+        return self
 
     @property
     def write_pj_per_bit(self) -> float:
         return self.write_energy_pj_per_bit or self.read_energy_pj_per_bit
 
+    @property
+    def held(self) -> tuple[str, ...]:
+        """The operands this level holds, in W, I, O order."""
+        return tuple(o for o in OPERANDS if self.operands is None or o in self.operands)
+
+    @property
+    def ports_separate(self) -> bool:
+        """Whether reads and writes have their own ports (each at its own bandwidth) or share one."""
+        return self.read_bandwidth_bytes_per_s is not None or self.write_bandwidth_bytes_per_s is not None
+
 
 class Spatial(_Strict):
-    """The processing-element array that the Eyeriss-style model maps a layer onto."""
+    """The processing-element array that the Eyeriss-style model maps a layer onto. A v2 target whose
+    ``dataflow`` unrolls an array of any number of dimensions may leave ``rows`` and ``cols`` out."""
 
-    rows: int = Field(ge=1)
-    cols: int = Field(ge=1)
+    rows: int | None = Field(default=None, ge=1)
+    cols: int | None = Field(default=None, ge=1)
     macs_per_pe_per_cycle: float = Field(gt=0, description="at the widest mode")
     psum_bits: int = Field(default=32, ge=8, le=64, description="accumulator (partial sum) width in the PEs")
     source: str = Field(min_length=3)
+
+
+class Unroll(_Strict):
+    """One dimension of the PE array: the loop dimensions it unrolls, innermost first, and its size. With
+    several dims, the first takes as much of the size as the layer has, the next the rest (``[FY, C]`` over 12
+    rows runs a 3-row filter four channels at a time, as Eyeriss replicates a small filter)."""
+
+    dims: list[Literal[LOOP_DIMS]] = Field(min_length=1)  # type: ignore[valid-type]
+    size: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Unroll:
+        if len(set(self.dims)) != len(self.dims):
+            raise ValueError(f"dims listed twice: {self.dims}")
+        return self
+
+
+class Dataflow(_Strict):
+    """How layers map onto the PE array (schema v2): the spatial unrolling, and which operand the PEs keep."""
+
+    kind: Literal[DATAFLOWS]  # type: ignore[valid-type]
+    unroll: list[Unroll] = Field(min_length=1, description="one entry per dimension of the PE array")
+    source: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _check(self) -> Dataflow:
+        seen = [d for u in self.unroll for d in u.dims]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"a loop dimension is unrolled over two array dimensions: {seen}")
+        return self
+
+    @property
+    def num_pes(self) -> int:
+        return int(np.prod([u.size for u in self.unroll]))
 
 
 class Sparsity(_Strict):
@@ -121,6 +204,31 @@ class Power(_Strict):
     static_w: float = Field(ge=0, description="static (leakage + idle) power while the layer runs")
     tdp_w: float | None = Field(default=None, gt=0)
     source: str = Field(min_length=3)
+
+
+class ParameterSpec(_Strict):
+    """A hardware parameter's values (see :mod:`picojoule.hwmodels.parameters`): a ``range`` (with an optional
+    grid ``step``, or ``log`` spacing) or a list of ``choices``."""
+
+    range: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    step: float | None = Field(default=None, gt=0)
+    log: bool = False
+    choices: list[Any] | None = Field(default=None, min_length=1)
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParameterSpec:
+        if (self.range is None) == (self.choices is None):
+            raise ValueError("give either a range [low, high] or a list of choices")
+        if self.range is not None:
+            lo, hi = self.range
+            if not lo < hi:
+                raise ValueError(f"range [{lo:g}, {hi:g}] is empty or its bounds are swapped: expected low < high")
+            if self.log and lo <= 0:
+                raise ValueError("a log range needs low > 0")
+        elif self.step is not None or self.log:
+            raise ValueError("step and log go with a range, not with choices")
+        return self
 
 
 class TVMTarget(_Strict):
@@ -144,9 +252,13 @@ class Target(_Strict):
     compute: Compute
     memory: list[MemoryLevel] = Field(min_length=2)
     spatial: Spatial
+    dataflow: Dataflow | None = None
     sparsity: Sparsity
     power: Power
     tvm: TVMTarget | None = None
+    parameters: dict[str, ParameterSpec] | None = Field(
+        default=None, description="hardware parameters as ranges or choices (co-design); the file's own figures "
+        "are the base point")
 
     @model_validator(mode="after")
     def _check(self) -> Target:
@@ -155,7 +267,78 @@ class Target(_Strict):
             raise ValueError("memory: the last level is off-chip DRAM and must have capacity_bytes: null")
         if any(m.capacity_bytes is None for m in on_chip):
             raise ValueError("memory: every on-chip level needs capacity_bytes")
+        if dram.held != OPERANDS:
+            raise ValueError(f"memory: the last level ({dram.name}) is DRAM and must hold every operand (W, I, O)")
+        roles = self.roles
+        if roles[-1] != "dram" or "dram" in roles[:-1]:
+            raise ValueError("memory: the last level, and only it, has role dram")
+        if (self.spatial.rows is None) != (self.spatial.cols is None):
+            raise ValueError("spatial: give both rows and cols, or neither (with a dataflow)")
+        if self.spatial.rows is None and self.dataflow is None:
+            raise ValueError("spatial: rows and cols are needed unless a dataflow gives the array")
+        if self.dataflow is not None and self.spatial.rows is not None \
+                and self.dataflow.num_pes != self.spatial.rows * self.spatial.cols:
+            raise ValueError(f"dataflow: its unrolling covers {self.dataflow.num_pes} PEs but spatial has "
+                             f"{self.spatial.rows} x {self.spatial.cols}")
+        for i, m in enumerate(self.memory):
+            self._check_spans(i, m)
+        for name in self.parameters or {}:
+            if name not in PARAMETERS:
+                raise ValueError(f"parameters: unknown parameter '{name}': expected one of {', '.join(PARAMETERS)}")
+            why = PARAMETERS[name].usable(self.model_dump(mode="python"))
+            if why:
+                raise ValueError(f"parameters.{name}: this target cannot use it: {why}")
+            _check_values(name, self.parameters[name], self)
         return self
+
+    def _check_spans(self, i: int, m: MemoryLevel) -> None:
+        where = f"memory.{i}.spans"
+        if m.spans is None:
+            if self.dataflow is not None and 1 < m.instances < self.num_pes and i < len(self.memory) - 1:
+                raise ValueError(f"{where}: {m.name} has {m.instances} instances for {self.num_pes} PEs: say which "
+                                 "array dimensions (indices into dataflow.unroll) one instance serves")
+            return
+        if self.dataflow is None:
+            raise ValueError(f"{where}: spans needs a dataflow (it indexes dataflow.unroll)")
+        n = len(self.dataflow.unroll)
+        if any(not 0 <= d < n for d in m.spans) or len(set(m.spans)) != len(m.spans):
+            raise ValueError(f"{where}: expected distinct indices in 0..{n - 1}, got {m.spans}")
+        served = int(np.prod([self.dataflow.unroll[d].size for d in m.spans]))
+        if i < len(self.memory) - 1 and m.instances * served != self.num_pes:
+            raise ValueError(f"{where}: {m.instances} instances x {served} PEs each != the array's {self.num_pes} PEs")
+
+    def spans_of(self, i: int) -> tuple[int, ...]:
+        """The array dimensions one instance of memory level ``i`` serves (empty: one per PE)."""
+        m = self.memory[i]
+        n = len(self.dataflow.unroll) if self.dataflow is not None else 0
+        if m.spans is not None:
+            return tuple(m.spans)
+        if i == len(self.memory) - 1 or m.instances < self.num_pes:
+            return tuple(range(n))
+        return ()
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Each memory level's role, as given or by position (v1 files)."""
+        n = len(self.memory)
+
+        def default(i: int) -> str:
+            if i == n - 1:
+                return "dram"
+            if i == 0:
+                return "rf"
+            if i == 1 and n >= 4:
+                return "noc"
+            return "glb" if i == n - 2 else "buffer"
+
+        return tuple(m.role or default(i) for i, m in enumerate(self.memory))
+
+    def document(self) -> dict[str, Any]:
+        """The target as a plain mapping that :func:`target_from_dict` reads back to an equal target (what a YAML
+        file of it holds): unset optional fields left out, DRAM's ``capacity_bytes: null`` kept."""
+        doc = self.model_dump(mode="json", exclude_none=True)
+        doc["memory"][-1]["capacity_bytes"] = None
+        return doc
 
     @property
     def dram(self) -> MemoryLevel:
@@ -163,6 +346,8 @@ class Target(_Strict):
 
     @property
     def num_pes(self) -> int:
+        if self.spatial.rows is None:
+            return self.dataflow.num_pes
         return self.spatial.rows * self.spatial.cols
 
     def mode_for(self, bits: int) -> ComputeMode:
@@ -173,10 +358,42 @@ class Target(_Strict):
         return self.mode_for(bits).peak_macs_per_s
 
 
+def _check_values(name: str, spec: ParameterSpec, target: Target) -> None:
+    where = f"parameters.{name}"
+    kind = PARAMETERS[name].kind
+    values = spec.choices if spec.choices is not None else spec.range
+    if kind in (bool, str, list) and spec.range is not None:
+        raise ValueError(f"{where}: takes choices, not a range")
+    for v in values:
+        if kind is bool and not isinstance(v, bool):
+            raise ValueError(f"{where}: expected true or false, got {v!r}")
+        if kind is str and v not in ("none", "unstructured", "2:4"):
+            raise ValueError(f"{where}: expected none, unstructured or 2:4, got {v!r}")
+        if kind is list:
+            if not isinstance(v, list) or not v or not all(isinstance(x, int) and x >= 1 for x in v):
+                raise ValueError(f"{where}: expected lists of positive integers, got {v!r}")
+        if kind in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ValueError(f"{where}: expected positive numbers, got {v!r}")
+    if name == "array":
+        n = len(target.dataflow.unroll) if target.dataflow is not None else 2
+        for v in values:
+            if len(v) != n:
+                raise ValueError(f"{where}: {v} has {len(v)} sizes; the target's array has {n} dimensions")
+    if name == "operand_bits":
+        widest = max(m.bits for m in target.compute.modes)
+        for v in values:
+            if max(v) > widest:
+                raise ValueError(f"{where}: {v} is wider than the widest mode ({widest} bits)")
+
+
 def _format_error(path: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{path}: field '{field}': {first['msg']}"
+    field = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    named = re.match(r"^([a-z_]+(?:\.[A-Za-z0-9_]+)*): ", msg)
+    if not field and named:  # a whole-target check names the field it is about
+        field, msg = named.group(1), msg[named.end():]
+    return f"{path}: field '{field or '(top level)'}': {msg}"
 
 
 def target_from_dict(data: object, source: str) -> Target:

@@ -197,6 +197,7 @@ class Workload:
     zero_fraction: np.ndarray  # of the weight matrices' elements, and so of the weights' MACs
     two_four: np.ndarray  # whether those zeros are 2:4 (else unstructured)
     sparse: bool  # whether any layer has zero weights
+    batch: int = 1
 
     @property
     def nonzero_weights(self) -> np.ndarray:
@@ -221,7 +222,7 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
         in_elems=(ga.in_a * st.k_a + ga.in_b * st.k_b) * batch, out_elems=ga.out_elems * st.k_out * batch,
         mid_elems=st.mid, w_bits=st.w_bits, a_bits=st.a_bits, mode_bits=st.mode_bits,
         peak_macs_per_s=st.peak_macs_per_s, mac_energy_pj=st.mac_energy_pj, m=st.cout, c=st.cin, rank=st.rank,
-        zero_weights=st.zeros, two_four=st.no if st.pattern is st.zero else st.pattern > 0, sparse=sparse,
+        zero_weights=st.zeros, two_four=st.no if st.pattern is st.zero else st.pattern > 0, sparse=sparse, batch=batch,
         zero_fraction=np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros), where=matrices > 0) if sparse
         else st.zero,
     )

@@ -267,6 +267,36 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codesign(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    import torch
+
+    from picojoule.search.codesign import run_codesign
+
+    torch.set_num_threads(1)
+    if args.resume:
+        out = Path(args.resume)
+        config = out / "config.yaml"
+        if not config.is_file():
+            raise PicojouleError(f"{out}: nothing to resume (no config.yaml of a co-design run)")
+    else:
+        if not args.config:
+            raise PicojouleError("codesign: give a co-design config (a search config whose target has 'parameters', "
+                                 "plus a 'codesign' section; see examples/codesign-digits.yaml)")
+        config = args.config
+        out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("codesign-%Y%m%d-%H%M%S")
+    overrides = {k: v for k, v in {"seed": args.seed}.items() if v is not None}
+    try:
+        result = run_codesign(config, out, resume=bool(args.resume), progress=not args.quiet, **overrides)
+    except KeyboardInterrupt:
+        print(f"picojoule: interrupted; finished hardware points and trials are in {out}: "
+              f"continue with 'picojoule codesign --resume {out}'", file=sys.stderr)
+        return 130
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from picojoule.hwmodels.carbon import DEFAULT_GRID_G_PER_KWH, DEFAULT_PUE
     from picojoule.search.config import COST_MODEL_NAMES, STRATEGIES
@@ -328,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="picojoule: this engine (default); ray-tune: ray.tune.Tuner with OptunaSearch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
+    p = sub.add_parser("codesign", help="search hardware parameters and per-layer policies together")
+    p.add_argument("config", nargs="?", help="co-design config YAML: a search config whose target has 'parameters', "
+                   "plus a 'codesign' section")
+    p.add_argument("--out", help="run directory (default: runs/codesign-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted co-design")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_codesign)
     p = sub.add_parser("sensitivity", help="loss increase, KL and Hessian trace of each knob choice, one layer at a time")
     p.add_argument("model", help="zoo name, 'digits' or 'package.module:function'")
     p.add_argument("--weights", help="pretrained weights (state_dict file) for the model")

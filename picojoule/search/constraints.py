@@ -7,9 +7,11 @@ named baseline (see :mod:`picojoule.search.baselines`)::
     energy <= 0.5 * uniform_int8        latency <= 2 ms          size <= 100 KB
     accuracy_drop <= 0.5                accuracy >= 0.98         accuracy >= 0.99 * fp32
     co2e <= 1 ug                        macs <= 0.5 * fp32       latency <= uniform_w4a8
+    area <= 2 mm2                       power <= 300 mW
 
 Units: energy J/mJ/uJ/µJ/nJ/pJ; latency s/ms/us/µs/ns; size B/KB/MB/GB (10^3) and KiB/MiB/GiB (2^10);
-co2e g/mg/ug/µg/kg; macs and params a plain count or K/M/G; accuracy a fraction or ``%``;
+co2e g/mg/ug/µg/kg; area mm2/um2/cm2 (the target's silicon, :mod:`picojoule.hwmodels.area`); power W/mW/uW
+(average: energy / latency); macs and params a plain count or K/M/G; accuracy a fraction or ``%``;
 accuracy_drop percentage points below the float32 model (``pp`` or ``%`` optional).
 
 A bound's *violation* is the relative excess ``(value - bound) / |bound|`` (the other way round for a
@@ -31,7 +33,7 @@ from picojoule.search.metrics import METRICS
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|=<|=>)\s*(.+?)\s*$")
-_ABSOLUTE_RE = re.compile(rf"^({_NUM})\s*([A-Za-zµμ%]*)$")
+_ABSOLUTE_RE = re.compile(rf"^({_NUM})\s*((?:[A-Za-zµμ%][A-Za-zµμ%0-9²]*)?)$")
 _RELATIVE_RE = re.compile(rf"^(?:({_NUM})\s*(?:\*|x|×)\s*)?([A-Za-z_]\w*)$")
 
 _SI = {"": 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "μ": 1e-6, "n": 1e-9, "p": 1e-12}
@@ -45,9 +47,11 @@ UNITS: dict[str, dict[str, float]] = {
     "params": {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9},
     "accuracy": {"": 1.0, "%": 0.01},
     "accuracy_drop": {"": 1.0, "pp": 1.0, "%": 1.0},
+    "area": {"mm2": 1.0, "mm²": 1.0, "um2": 1e-6, "µm2": 1e-6, "cm2": 100.0},
+    "power": {f"{p}W": s for p, s in _SI.items() if p != "p"},
 }
 #: metrics whose absolute bound must carry a unit (a bare number would be ambiguous)
-_UNIT_REQUIRED = ("energy", "latency", "size", "co2e")
+_UNIT_REQUIRED = ("energy", "latency", "size", "co2e", "area", "power")
 
 
 @dataclass(frozen=True)

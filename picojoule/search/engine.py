@@ -275,6 +275,11 @@ def warm_start_trials(problem: Problem, bounds: dict[str, float], context: Strat
         fitted = project(vec)
         label = name if (fitted == vec).all() else f"{name} lowered to the hardware bounds"
         out.append((knob_params(problem.space, fitted), {"warm_start": label}))
+    for policy, name in problem.warm_policies:
+        vec = problem.space.encode(policy)
+        fitted = project(vec)
+        label = name if (fitted == vec).all() else f"{name} lowered to the hardware bounds"
+        out.append((knob_params(problem.space, fitted), {"warm_start": label}))
     return out
 
 

@@ -37,6 +37,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("co2e", False, "g"),
     Metric("macs", False, "MACs"),
     Metric("params", False, ""),
+    Metric("area", False, "mm²"),
+    Metric("power", False, "W"),
 )}
 #: what an objective may name (accuracy_drop is accuracy seen from the baseline: constrain it instead)
 OBJECTIVE_METRICS = tuple(m for m in METRICS if m != "accuracy_drop")
@@ -53,6 +55,8 @@ def cost_metrics(cost: CostResult, pue: float, grid_g_per_kwh: float) -> dict[st
         "co2e": np.asarray(co2e_grams(energy, pue, grid_g_per_kwh), dtype=float),
         "macs": np.asarray(cost.total_macs, dtype=float),
         "params": np.asarray(cost.total_params, dtype=float),
+        "area": np.full(len(energy), cost.area_mm2, dtype=float),
+        "power": cost.average_power_w,
     }
 
 
@@ -71,6 +75,8 @@ def format_value(metric: str, value: float) -> str:
     if metric == "accuracy_drop":
         return f"{value:+.2f} pp"
     unit = METRICS[metric].unit
+    if metric == "area":
+        return f"{value:.3g} mm²"
     if metric == "size":
         for scale, prefix in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
             if abs(value) >= scale:

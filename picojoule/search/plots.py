@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 MAX_PANELS = 6
 _SCALE = {"energy": (1e6, "µJ"), "latency": (1e3, "ms"), "size": (1e-3, "KB"), "co2e": (1e6, "µg"),
-          "macs": (1e-6, "M MACs"), "params": (1e-3, "K params"), "accuracy": (100, "%"), "accuracy_drop": (1, "pp")}
+          "macs": (1e-6, "M MACs"), "params": (1e-3, "K params"), "accuracy": (100, "%"), "accuracy_drop": (1, "pp"),
+          "area": (1, "mm²"), "power": (1e3, "mW")}
 
 
 def _axis(metric: str) -> tuple[float, str]:

@@ -7,10 +7,11 @@ Every loading error is re-raised as one line naming the config file and the fiel
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,11 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, example: torch.Tensor, graph: LayerGraph, data: Datasets,
                  evaluation: EvaluationConfig, seed: int = 0, metric: Metric | None = None,
-                 test_metric: Metric | None = None):
+                 test_metric: Metric | None = None, cache: dict | None = None):
         self.model, self.example, self.graph, self.cfg, self.seed = model, example, graph, evaluation, seed
+        #: measurements kept across searches of one model (co-design: the accuracy of a policy does not depend on
+        #: the hardware it is priced on), keyed by the policy's layers, the split and the rung
+        self.cache = cache
         self.metric, self.test_metric = metric, test_metric
         test = data.test
         self.test = test.subset(evaluation.test_images) if test is not None and evaluation.test_images else test
@@ -163,13 +167,22 @@ class Evaluator:
         fidelity ``rung`` (an index into ``evaluation.rungs``; -1: the full measurement). A rung's ``images`` take
         the first N validation images (the test split is always measured whole); its fine-tune is repeated as it
         was for the validation measurement (same steps, same seed), so both splits see the same model."""
+        key = None
+        if self.cache is not None:
+            layers = policy.to_dict()
+            key = json.dumps([layers["default"], layers["layers"], split, rung], sort_keys=True)
+            if key in self.cache:  # measured for another hardware point: no images, no time spent
+                return {**self.cache[key], "seconds": 0.0, "images": 0, "cached": True}
         step = self.cfg.rungs[rung]
         _, result = self._compressed(policy, split, step.finetune_steps, step.finetune_seconds,
                                      images=step.images if split != "test" else None)
         steps = (result.get("finetune") or {}).get("steps", 0)
-        return {"accuracy": result["accuracy"], "seconds": result["seconds"],
-                "images": result.get("n_test"),
-                "finetune_steps": steps}
+        out = {"accuracy": result["accuracy"], "seconds": result["seconds"],
+               "images": result.get("n_test"),
+               "finetune_steps": steps}
+        if key is not None:
+            self.cache[key] = out
+        return out
 
     def finetuned(self, policy: Policy, steps: int | None, seconds: float | None, augment: bool = False,
                   progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
@@ -218,6 +231,9 @@ class Problem:
     metric: Metric | None = None  # measures a compressed model (reported as accuracy); None: top-1 on validation
     test_metric: Metric | None = None  # reports the front on test data after the search; None: top-1 on data.test
     given_sensitivity: Any = None  # a Sensitivity of the model on this space, passed in (else measured when needed)
+    #: policies from elsewhere to start from (co-design: earlier hardware points' fronts), each with a label
+    warm_policies: list = field(default_factory=list)
+    evaluation_cache: dict | None = None  # shared by the evaluators of several searches of one model (co-design)
 
     def __repr__(self) -> str:
         return (f"Problem({self.graph.name} on {self.target.name}, {self.space.dim} knobs, "
@@ -272,7 +288,7 @@ class Problem:
         if self.model is None or self.data is None:
             raise PicojouleError(f"{self.source}: this search measures no accuracy")
         return Evaluator(self.model, self.example, self.graph, self.data, self.config.evaluation, self.config.seed,
-                         self.metric, self.test_metric)
+                         self.metric, self.test_metric, self.evaluation_cache)
 
     def splits(self) -> dict[str, dict[str, Any]]:
         """What the validation (selects) and test (reports) accuracies are measured on: per split its ``images``

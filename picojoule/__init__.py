@@ -13,6 +13,9 @@ The Python API (objects first, files optional)::
                        objectives=["maximise accuracy", "minimise energy"],
                        constraints=["energy <= 0.5 * uniform_int8"], trials=200, storage=None)
     result.front, result.best("accuracy"), result.to_dataframe()
+    hw = pj.codesign(model, example, "eyeriss-codesign", evaluate=my_metric, calib_data=loader,
+                     constraints=["accuracy_drop <= 1", "area <= 2.5 mm2"], codesign={"points": 8})
+    hw.front                                                 # (policy, hardware) pairs; hw.points: every point
 
 Names are imported on first use, so ``import picojoule`` stays cheap (no torch) and changes no global state.
 """
@@ -43,6 +46,10 @@ _LAZY = {
     "SearchResult": "picojoule.search.engine",
     "Sensitivity": "picojoule.sensitivity",
     "sensitivity": "picojoule.sensitivity",
+    "codesign": "picojoule.search.api",
+    "CodesignResult": "picojoule.search.codesign",
+    "instantiate": "picojoule.hwmodels.parameters",
+    "area_mm2": "picojoule.hwmodels.area",
 }
 
 __all__ = ["PicojouleError", "__version__", "search", *_LAZY]

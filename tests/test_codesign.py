@@ -151,3 +151,20 @@ def test_codesign_bad_input_is_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expect in lines[0] and str(bad) in lines[0], proc.stderr
+
+
+def test_python_api_cost_only_in_memory():
+    """pj.codesign with objects and no storage: cost-only (no accuracy), a random sample of hardware points."""
+    import picojoule as pj
+
+    result = pj.codesign("resnet20", target=pj.load_target("eyeriss-codesign"), cost_model="hierarchy",
+                         objectives=["minimise energy", "minimise latency"], constraints=["area <= 2.5 mm2"],
+                         trials=12, strategy="random", codesign={"strategy": "random", "points": 4}, progress=False)
+    assert isinstance(result, pj.CodesignResult) and result.run_dir is None
+    assert len(result.points) == 4 and result.front
+    searched = [p for p in result.points if p.status == "done"]
+    assert all(p.area_mm2 <= 2.5 for p in searched)
+    assert all(p.status.startswith("skipped: area") for p in result.points if p not in searched)
+    # the joint front holds no pair that another pair beats on energy, latency and area at once
+    m = np.asarray([[r["metrics"]["energy"], r["metrics"]["latency"], r["metrics"]["area"]] for r in result.front])
+    assert not any(((m <= row).all(1) & (m < row).any(1)).any() for row in m)

@@ -148,3 +148,35 @@ def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, ev
         data = Datasets(None, as_calibration(calib_data, limit), train_data)
     return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None,
                         test_evaluate if data else None)
+
+
+def codesign(model: Any, example: Any = None, target: Any = "eyeriss-codesign", *,
+             codesign: dict[str, Any] | None = None, storage: str | Path | None = None, resume: bool = False,
+             progress: bool = True, **search: Any) -> Any:
+    """Search ``target``'s hardware parameters (a target with a ``parameters`` section) and ``model``'s per-layer
+    policy together; returns a :class:`~picojoule.search.codesign.CodesignResult` (``.front``: the joint Pareto
+    front of (policy, hardware) pairs over the objectives plus area; ``.points``: every hardware point with its
+    search's front). ``codesign`` holds the :class:`~picojoule.search.codesign.CodesignOptions` (strategy grid |
+    random | tpe, points, grid_values, trials_per_point, warm_start); ``storage`` a run directory as
+    ``picojoule codesign --out`` writes it (resumable with ``resume=True``); every other keyword is
+    :func:`search`'s (evaluate, calib_data, objectives, constraints such as ``"area <= 2 mm2"``, trials, ...)."""
+    from picojoule.search.codesign import CodesignOptions, _prepare, codesign_problem
+    from picojoule.yamlfile import validated
+
+    options = validated(CodesignOptions, codesign or {}, SOURCE, "co-design options",
+                        lambda src, e: f"{src}: field 'codesign.{'.'.join(map(str, e.errors()[0]['loc']))}': "
+                                       f"{e.errors()[0]['msg']}")
+    evaluate = search.pop("evaluate", None)
+    test_evaluate = search.pop("test_evaluate", None)
+    calib_data = search.pop("calib_data", None)
+    train_data = search.pop("train_data", None)
+    sensitivity = search.pop("sensitivity", None)
+    name = search.pop("name", None)
+    objectives = search.pop("objectives", None)
+    settings = _settings(objectives=list(objectives) if objectives is not None
+                         else ["maximise accuracy", "minimise energy"] if evaluate is not None else ["minimise energy"],
+                         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in search.items()})
+    problem = _problem(settings, model, example, target, evaluate, calib_data, train_data, name, test_evaluate)
+    problem.given_sensitivity = sensitivity
+    run_dir = _prepare(Path(storage) if storage is not None else None, resume)
+    return codesign_problem(problem, options, run_dir, progress)

@@ -259,24 +259,42 @@ def joint_front(points: Sequence[PointResult], objectives: Sequence[Any]) -> lis
 
 def run_codesign(config: str | Path | dict, out_dir: str | Path | None, resume: bool = False,
                  progress: bool = True, **overrides: Any) -> CodesignResult:
-    """Run (or resume) the co-design ``config`` states; ``out_dir`` None keeps everything in memory."""
-    from picojoule.search.engine import check_run, run_problem
-    from picojoule.search.problem import build_problem, make_problem
+    """Run (or resume) the co-design a config file (or mapping) states; ``out_dir`` None keeps it in memory."""
+    from picojoule.search.problem import build_problem
 
     cfg, options, source = load_codesign(config, **overrides)
-    run_dir = Path(out_dir) if out_dir is not None else None
+    run_dir = _prepare(run_dir=Path(out_dir) if out_dir is not None else None, resume=resume)
     if run_dir is not None:
-        if run_dir.exists() and any(run_dir.iterdir()) and not resume and (run_dir / STATE_FILE).exists():
-            raise PicojouleError(f"{run_dir}: a co-design run is already here: pass --resume to continue it, or "
-                                 "choose another directory")
-        run_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
         saved = run_dir / "config.yaml"
         if not (resume and saved.is_file()):
             saved.write_text(yaml.safe_dump({**cfg.dump(), "codesign": options.model_dump()}, sort_keys=False))
-    base_problem = build_problem(cfg, source)
+    return codesign_problem(build_problem(cfg, source), options, run_dir, progress)
+
+
+def _prepare(run_dir: Path | None, resume: bool) -> Path | None:
+    if run_dir is None:
+        return None
+    if (run_dir / STATE_FILE).exists() and not resume:
+        raise PicojouleError(f"{run_dir}: a co-design run is already here: pass --resume to continue it, or choose "
+                             "another directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def codesign_problem(base_problem: Any, options: CodesignOptions, run_dir: Path | None,
+                     progress: bool = True) -> CodesignResult:
+    """The co-design of ``base_problem`` (its target has ``parameters``) as ``options`` say: the core that
+    ``picojoule codesign`` and :func:`picojoule.codesign` share. A stored run resumes where ``run_dir`` holds one."""
+    from picojoule.search.engine import check_run, run_problem
+    from picojoule.search.problem import make_problem
+
+    cfg, source = base_problem.config, base_problem.source
     base = base_problem.target
+    if not base.parameters:
+        raise PicojouleError(f"{source}: target '{base.name}' has no 'parameters' section: co-design needs hardware "
+                             "given as ranges or choices (see picojoule.hwmodels.parameters)")
     state = _load_state(run_dir)
     cache: dict = {}
     if run_dir is not None and (run_dir / CACHE_FILE).is_file():
@@ -292,6 +310,7 @@ def run_codesign(config: str | Path | dict, out_dir: str | Path | None, resume: 
         total = len(plan)
     trials = options.trials_per_point or cfg.trials
     names = list(base.parameters)
+    stored = hasattr(cfg, "target")  # a config file's settings name their target: each point's names its own
     while len([p for p in points if p.status != "running"]) < total:
         k = len([p for p in points if p.status != "running"])
         running = next((p for p in points if p.status == "running"), None)
@@ -319,17 +338,20 @@ def run_codesign(config: str | Path | dict, out_dir: str | Path | None, resume: 
             _save(run_dir, {"points": [p.to_dict() for p in points]}, cache)
             continue
         _save(run_dir, {"points": [p.to_dict() for p in points]}, cache)
-        target_file = None
+        update: dict[str, Any] = {"trials": trials}
         if point_dir is not None:
-            point_dir.mkdir(parents=True, exist_ok=True)
             import yaml
 
+            point_dir.mkdir(parents=True, exist_ok=True)
             target_file = point_dir / "target.yaml"
             target_file.write_text(yaml.safe_dump(target.document(), sort_keys=False))
-        inner = cfg.model_copy(update={"trials": trials, **({"target": str(target_file)} if target_file else {})})
+            if stored:
+                update["target"] = str(target_file)
+        inner = cfg.model_copy(update=update)
         problem = make_problem(inner, f"{source} (hardware point {k})", base_problem.graph, target,
                                base_problem.model, base_problem.example, base_problem.data, base_problem.metric,
                                base_problem.test_metric)
+        problem.given_sensitivity = base_problem.given_sensitivity
         problem.warm_policies = _warm(points, options.warm_start, problem.objectives)
         problem.evaluation_cache = cache
         started = time.perf_counter()
@@ -340,7 +362,7 @@ def run_codesign(config: str | Path | dict, out_dir: str | Path | None, resume: 
         point.front = _front_rows(result)
         point.status = "done"
         point.seconds = time.perf_counter() - started
-        point.evaluations = result.evaluations if hasattr(result, "evaluations") else 0
+        point.evaluations = int(getattr(result, "evaluations", 0))
         if study is not None:
             edp = point.best_edp
             study.tell(hw_trial if hw_trial is not None else study.ask(), edp if np.isfinite(edp) else math.inf)

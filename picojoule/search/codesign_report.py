@@ -54,10 +54,12 @@ def plot_parameters(result: CodesignResult, path: Path) -> Path | None:
         raw = {label(name, p.values[name]): p.values[name] for p in done}
         labels = sorted(raw, key=lambda t: _order(raw[t]))
         pos = {s: i for i, s in enumerate(labels)}
-        for row, (metric, scale, unit) in enumerate((("energy", 1e6, "µJ"), ("edp", 1e9, "µJ·ms"))):
+        for row, (metric, scale, unit) in enumerate((("energy", 1e6, "µJ"), ("EDP", 1e9, "µJ·ms"))):
             ax = axes[row, j]
             xs = [pos[label(name, p.values[name])] for p in done]
             ys = [(p.best("energy") if metric == "energy" else p.best_edp) * scale for p in done]
+            if max(ys) > 10 * min(ys):
+                ax.set_yscale("log")
             ax.scatter(xs, ys, s=22, alpha=0.8)
             best = {}
             for x, y in zip(xs, ys):
@@ -66,7 +68,6 @@ def plot_parameters(result: CodesignResult, path: Path) -> Path | None:
             ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 5 else 0, fontsize=8)
             ax.set_xlabel(name, fontsize=9)
             ax.set_ylabel(f"best feasible {metric} ({unit})", fontsize=9)
-            ax.set_yscale("log")
             ax.grid(alpha=0.3)
             if j == 0 and row == 0:
                 ax.legend(fontsize=7)

@@ -11,8 +11,8 @@
     #   spec, or by default {carve: train, images: null}: a seeded random draw of min(1000, half) of that split's
     #   images, removed from calibration and train
     target: eyeriss               # a bundled target name or a target .yaml
-    cost_model: eyeriss           # roofline | eyeriss
-    objectives: [maximise accuracy, minimise energy]     # accuracy, energy, latency, size, co2e, macs, params
+    cost_model: eyeriss           # roofline | eyeriss | hierarchy (target schema v2)
+    objectives: [maximise accuracy, minimise energy]     # accuracy, energy, latency, size, co2e, macs, params, area, power
     constraints: ["energy <= 0.5 * uniform_int8", "accuracy_drop <= 1"]   # see picojoule.search.constraints
     space: {defaults: {keep: [0.5, 0.75, 1.0]}}          # overrides, see picojoule.spaces.space
     strategy: nsga2               # nsga2 | tpe | gp | random | ddpg | ilp

@@ -1,4 +1,4 @@
-"""Benchmark: policy costings per second of the roofline and Eyeriss-style models, against ZigZag.
+"""Benchmark: policy costings per second of the roofline, Eyeriss-style and hierarchy models, against ZigZag.
 
 For ResNet-50 and ResNet-56 (and ResNet-18, the model ZigZag maps), in one process on one core:
 - batch: N random mixed-precision/pruning policies priced in one vectorised call (policies/s);
@@ -40,7 +40,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from zigzag_reference import run_zigzag_resnet18  # noqa: E402
 
-TARGETS = {"roofline": 10_000, "eyeriss": 1_000}  # issue goals, ResNet-50 policies per second
+TARGETS = {"roofline": 10_000, "eyeriss": 1_000, "hierarchy": 10_000}  # issue goals, ResNet-50 policies per second
 
 
 def random_policies(n_layers: int, n: int, seed: int = 0) -> PolicyBatch:
@@ -80,7 +80,7 @@ def time_rows(target_name: str, batch: int, min_seconds: float = 2.0, quiet: boo
         graph = build_graph(name)
         pb = random_policies(len(graph), batch)
         one = random_policies(len(graph), 1, seed=1)
-        for model in ("roofline", "eyeriss"):
+        for model in ("roofline", "eyeriss", "hierarchy"):
             t_batch = rate(lambda: price(graph, target, pb, model=model), min_seconds)
             t_single = rate(lambda: price(graph, target, one, model=model), min_seconds)
             rows.append({"model": name, "layers": len(graph), "cost_model": model,

@@ -28,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 RESULTS = ROOT / "experiments" / "results"
 ZZ = RESULTS / "zigzag"
@@ -51,6 +52,10 @@ def compare(path: Path) -> dict:
 
     doc = json.loads(path.read_text())
     onnx = ROOT / doc["files"]["workload"]
+    if not onnx.is_file():  # the bigger networks' files are not kept: export the same shape-only file again
+        from zigzag_layers import export_onnx
+
+        export_onnx(doc["network"], onnx)
     graph = build_graph(str(onnx))
     target = load_target_file(MIRRORS / f"{doc['hardware']}.yaml")
     index = {layer.name: i for i, layer in enumerate(graph.layers)}
@@ -83,30 +88,37 @@ def _met(m: dict) -> bool:
 
 
 def plot(results: list[dict], path: Path) -> None:
+    """One row per (network, hardware): per-layer energy and latency of both models against ZigZag's."""
     from picojoule.plots import new_figure
 
-    fig = new_figure(figsize=(4.2 * len(results), 7.6), layout="constrained")
-    axes = fig.subplots(2, len(results), squeeze=False)
+    fig = new_figure(figsize=(9.0, 2.9 * len(results)), layout="constrained")
+    axes = fig.subplots(len(results), 2, squeeze=False)
     for j, r in enumerate(results):
         zz_e = np.asarray([x["zigzag_energy_pj"] for x in r["layers"]]) / 1e6
         zz_t = np.asarray([x["zigzag_cycles"] for x in r["layers"]]) / 1e3
-        for row, (key, zz, unit, scale) in enumerate((("energy_pj", zz_e, "µJ", 1e6), ("cycles", zz_t, "k cycles", 1e3))):
-            ax = axes[row, j]
+        for col, (key, zz, unit, scale, name) in enumerate((("energy_pj", zz_e, "µJ", 1e6, "energy"),
+                                                            ("cycles", zz_t, "k cycles", 1e3, "latency"))):
+            ax = axes[j, col]
+            values = [zz]
             for model, marker in (("hierarchy", "o"), ("eyeriss", "x")):
                 ours = np.asarray(r["models"][model][key]) / scale
-                name = "energy" if key == "energy_pj" else "latency"
-                ax.scatter(zz, ours, marker=marker, s=22,
-                           label=f"{model} (ρ={r['models'][model][name + '_spearman']:.2f})")
-            lim = [min(zz.min(), 1e-9) * 0.8, max(zz.max(), 1e-9) * 1.25]
+                values.append(ours)
+                ax.scatter(zz, ours, marker=marker, s=20,
+                           label=f"{model} (Spearman {r['models'][model][name + '_spearman']:.2f})")
+            allv = np.concatenate(values)
+            allv = allv[allv > 0]
+            lim = [allv.min() * 0.7, allv.max() * 1.4]
             ax.plot(lim, lim, lw=0.8, color="grey", ls="--", label="equal")
+            ax.set_xlim(lim)
+            ax.set_ylim(lim)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel(f"ZigZag per-layer {'energy' if row == 0 else 'latency'} ({unit})", fontsize=9)
-            ax.set_ylabel(f"picojoule ({unit})", fontsize=9)
-            ax.set_title(f"{r['network']} on {r['hardware']} (n={r['n']})", fontsize=9)
+            ax.set_xlabel(f"ZigZag per-layer {name} ({unit})", fontsize=8)
+            ax.set_ylabel(f"picojoule ({unit})", fontsize=8)
+            ax.set_title(f"{r['network']} on {r['hardware']} (n={r['n']} layers)", fontsize=9)
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:

@@ -12,24 +12,32 @@ from picojoule.errors import PicojouleError
 
 
 def _targets(args: argparse.Namespace) -> int:
+    from picojoule.hwmodels.common import target_area
     from picojoule.hwmodels.target import load_target, target_names
 
     rows = []
     for name in [*target_names(), "host"]:  # host: this machine's CPU, detected
         t = load_target(name)
+        area = target_area(t)
         rows.append({
             "name": t.name, "kind": t.kind, "clock_ghz": t.clock_hz / 1e9, "technology_nm": t.technology_nm,
             "peak_tops": {m.name: 2 * m.peak_macs_per_s / 1e12 for m in t.compute.modes},
             "dram_gb_s": t.dram.bandwidth_bytes_per_s / 1e9, "static_w": t.power.static_w,
+            "area_mm2": area if area == area else None, "dataflow": t.dataflow.kind if t.dataflow else None,
+            "parameters": list(t.parameters or {}),
             "tvm": t.tvm.kind if t.tvm else None, "description": t.description,
         })
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'target':12s} {'kind':11s} {'GHz':>5s} {'nm':>4s} {'DRAM GB/s':>9s}  peak TOPS by mode")
+    print(f"{'target':16s} {'kind':11s} {'GHz':>5s} {'nm':>4s} {'DRAM GB/s':>9s} {'mm2':>6s}  peak TOPS by mode")
     for r in rows:
         peaks = ", ".join(f"{k} {v:.3g}" for k, v in r["peak_tops"].items())
-        print(f"{r['name']:12s} {r['kind']:11s} {r['clock_ghz']:5.2f} {r['technology_nm']:4d} {r['dram_gb_s']:9.1f}  {peaks}")
+        area = f"{r['area_mm2']:6.1f}" if r["area_mm2"] is not None else f"{'—':>6s}"
+        extra = f"  [parameters: {', '.join(r['parameters'])}]" if r["parameters"] else ""
+        print(f"{r['name']:16s} {r['kind']:11s} {r['clock_ghz']:5.2f} {r['technology_nm']:4d} {r['dram_gb_s']:9.1f} "
+              f"{area}  {peaks}{extra}")
+    print("mm2: the silicon estimate of picojoule/hwmodels/area.py (memories and MACs; wires and control not counted)")
     return 0
 
 

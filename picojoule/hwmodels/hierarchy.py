@@ -87,13 +87,19 @@ class Spatial:
     utilisation: np.ndarray  # MACs / (PEs x compute cycles)
     stride: np.ndarray
     slices: dict = field(default_factory=dict)  # _slice's results per set of array dimensions
+    memo: dict = field(default_factory=dict)  # factor() and reuse() results
 
     def factor(self, dims: tuple[int, ...], loop: str) -> np.ndarray | float:
         """The spatial factor of ``loop`` over the array dimensions ``dims``."""
+        key = (dims, loop)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
         f: np.ndarray | float = 1.0
         for u in dims:
             if loop in self.by_dim[u]:
                 f = f * self.by_dim[u][loop]
+        self.memo[key] = f
         return f
 
     def used(self, dims: tuple[int, ...]) -> np.ndarray | float:
@@ -109,6 +115,12 @@ class Spatial:
         does not depend on (for O: the partial sums reduced together), and overlapping input windows."""
         if not dims:
             return 1.0
+        key = ("reuse", x, dims)
+        if key not in self.memo:
+            self.memo[key] = self._reuse(x, dims)
+        return self.memo[key]
+
+    def _reuse(self, x: str, dims: tuple[int, ...]) -> np.ndarray | float:
         f = {d: self.factor(dims, d) for d in LOOP_DIMS}
         if x == "W":
             return f["B"] * f["OX"] * f["OY"]
@@ -277,7 +289,10 @@ def fills(target: Target, lp: Loops, sp: Spatial, bits: dict[str, np.ndarray]) -
         dims, size, copies, per_pe = _slice(target, sp, lp, i)
         cap = level.capacity_bytes * 8
         need = sum(size[x] * bits[x] for x in held)
-        if i in tier:
+        fits = need <= cap
+        if fits.all():  # everything this level holds of every layer fits: each value enters once
+            best = {x: np.ones_like(need) for x in held}
+        elif i in tier:
             best = {held[0]: tier[i]}
         else:
             allowed = [STATIONARY[df.kind]] if per_pe and df is not None and STATIONARY[df.kind] else list(held)
@@ -291,7 +306,6 @@ def fills(target: Target, lp: Loops, sp: Spatial, bits: dict[str, np.ndarray]) -
                 fx = {"W": w_f, "I": i_f, "O": o_f}
                 options.append((fx, sum(size[x] * bits[x] * (2 * fx[x] - 1 if x == "O" else fx[x]) for x in held)))
             best = _choose(options)
-        fits = need <= cap
         row: dict[str, np.ndarray] = {}
         for x in held:
             f = np.where(fits, 1.0, best[x]) * size[x] * copies

@@ -7,7 +7,7 @@ A target is data, not code: adding one is adding a file under ``picojoule/hwmode
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,7 +136,7 @@ class MemoryLevel(_Strict):
     def write_pj_per_bit(self) -> float:
         return self.write_energy_pj_per_bit or self.read_energy_pj_per_bit
 
-    @property
+    @cached_property
     def held(self) -> tuple[str, ...]:
         """The operands this level holds, in W, I, O order."""
         return tuple(o for o in OPERANDS if self.operands is None or o in self.operands)

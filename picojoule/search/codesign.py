@@ -106,20 +106,32 @@ class PointResult:
     front: list[dict[str, Any]] = field(default_factory=list)  # {trial, metrics, policy, feasible}
     seconds: float = 0.0
     evaluations: int = 0
+    bounds: dict[str, float] = field(default_factory=dict)  # each constraint's bound at this point (SI units)
+    reference: float | None = None  # the float32 model's validation accuracy (what accuracy_drop is below)
+    best_energy: float | None = None  # over every measured policy priced here (joint_front), feasible ones
+    best_edp_any: float | None = None
 
     def best(self, metric: str) -> float:
+        """The lowest ``metric`` of a feasible policy at this point: over every policy the co-design measured
+        (priced here) where the joint front was computed, else over this point's own search's front."""
+        if metric == "energy" and self.best_energy is not None:
+            return self.best_energy
         vals = [r["metrics"].get(metric, math.nan) for r in self.front if r["feasible"]]
         vals = [v for v in vals if v is not None and np.isfinite(v)]
         return min(vals) if vals else math.nan
 
     @property
     def best_edp(self) -> float:
+        if self.best_edp_any is not None:
+            return self.best_edp_any
         vals = [r["metrics"]["energy"] * r["metrics"]["latency"] for r in self.front if r["feasible"]]
         return min(vals) if vals else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "values": self.values, "target": self.target, "area_mm2": self.area_mm2,
-                "status": self.status, "front": self.front, "seconds": self.seconds, "evaluations": self.evaluations}
+                "status": self.status, "front": self.front, "seconds": self.seconds, "evaluations": self.evaluations,
+                "bounds": self.bounds, "reference": self.reference, "best_energy": self.best_energy,
+                "best_edp_any": self.best_edp_any}
 
 
 @dataclass
@@ -140,7 +152,8 @@ class CodesignResult:
         for row in self.front[:10]:
             metrics = ", ".join(f"{o.metric} {format_value(o.metric, row['metrics'].get(o.metric, math.nan))}"
                                 for o in self.objectives)
-            lines.append(f"  point {row['point']} ({values_text(row['values'])}) trial {row['trial']}: {metrics}")
+            found = f"trial {row['trial']}" if row["trial"] is not None else "a measured policy"
+            lines.append(f"  point {row['point']} ({values_text(row['values'])}), {found}: {metrics}")
         if self.run_dir is not None:
             lines.append(f"  report: {self.run_dir / 'codesign.md'}")
         return "\n".join(lines)
@@ -239,22 +252,76 @@ def _warm(points: Sequence[PointResult], k: int, objectives: Sequence[Any]) -> l
     return out
 
 
-def joint_front(points: Sequence[PointResult], objectives: Sequence[Any]) -> list[dict[str, Any]]:
-    """The non-dominated (policy, hardware) pairs over the objectives plus area, feasible ones only."""
+def measured_policies(cache: dict, rungs: int) -> tuple[list[Policy], np.ndarray]:
+    """Every policy the co-design measured at full fidelity on the validation split (the accuracy cache's keys),
+    with its accuracy."""
+    policies, accuracy = [], []
+    for key, value in cache.items():
+        default, layers, split, rung = json.loads(key)
+        if split != "validation" or rung not in (-1, rungs - 1):
+            continue
+        policies.append(Policy.from_dict({"default": default, "layers": layers}))
+        accuracy.append(value["accuracy"])
+    return policies, np.asarray(accuracy, dtype=float)
+
+
+def joint_front(base_problem: Any, points: Sequence[PointResult], cache: dict) -> list[dict[str, Any]]:
+    """The non-dominated feasible (policy, hardware) pairs over the objectives plus area. Accuracy depends on the
+    policy only, so every policy measured anywhere in the co-design is priced on every searched hardware point
+    (microseconds each) and checked against that point's bounds: a policy found at one point is credited at all.
+    Each point's best feasible energy and EDP over them are kept on it. Without accuracy (a cost-only co-design)
+    the pairs are the points' own fronts."""
+    from picojoule.search.constraints import all_hold
+    from picojoule.search.problem import make_problem
+
+    objectives = base_problem.objectives
+    base = base_problem.target
+    policies, accuracy = measured_policies(cache, len(base_problem.config.evaluation.rungs))
     rows = []
     for p in points:
-        for r in p.front:
-            if r["feasible"]:
-                rows.append({"point": p.index, "values": p.values, "target": p.target, "trial": r["trial"],
-                             "metrics": {**r["metrics"], "area": p.area_mm2}, "policy": r["policy"]})
+        if p.status != "done":
+            continue
+        if not policies or p.reference is None:
+            for r in p.front:
+                if r["feasible"]:
+                    rows.append({"point": p.index, "values": p.values, "target": p.target, "trial": r["trial"],
+                                 "metrics": {**r["metrics"], "area": p.area_mm2}, "policy": r["policy"]})
+            continue
+        target = instantiate(base, p.values)
+        problem = make_problem(base_problem.config, base_problem.source, base_problem.graph, target)
+        metrics = problem.cost(policies)
+        metrics["accuracy"] = accuracy  # as accuracy_metrics words it: the drop in pp, rounded to 1e-9
+        metrics["accuracy_drop"] = np.round((p.reference - accuracy) * 100.0, 9)
+        ok = all_hold(problem.program.violations(metrics, p.bounds)) if len(problem.program) else \
+            np.ones(len(policies), dtype=bool)
+        ok = np.asarray(ok, dtype=bool) & np.isfinite(accuracy)
+        if ok.any():
+            edp = metrics["energy"] * metrics["latency"]
+            p.best_energy = float(metrics["energy"][ok].min())
+            p.best_edp_any = float(edp[ok].min())
+        for i in np.flatnonzero(ok):
+            rows.append({"point": p.index, "values": p.values, "target": p.target, "trial": None,
+                         "metrics": {k: float(v[i]) for k, v in metrics.items()},
+                         "policy": policies[i].to_dict()})
     if not rows:
         return []
-    keys = [(o.metric, o.maximise) for o in objectives] + ([("area", False)]
-                                                          if "area" not in [o.metric for o in objectives] else [])
+    keys = [(o.metric, o.maximise) for o in objectives]
+    if "area" not in [o.metric for o in objectives]:
+        keys.append(("area", False))
     x = np.asarray([[(-1 if mx else 1) * (r["metrics"].get(m) if r["metrics"].get(m) is not None else math.inf)
                      for m, mx in keys] for r in rows], dtype=float)
-    dominated = ((x[:, None, :] >= x[None]).all(-1) & (x[:, None, :] > x[None]).any(-1)).any(1)
-    return [r for r, d in zip(rows, dominated) if not d]
+    keep = np.ones(len(rows), dtype=bool)
+    for start in range(0, len(rows), 256):  # blocks keep memory at 256 x n x k
+        block = x[start:start + 256, None, :]
+        keep[start:start + 256] &= ~((x[None] <= block).all(-1) & (x[None] < block).any(-1)).any(1)
+    front = [r for r, k in zip(rows, keep) if k]
+    seen, out = set(), []
+    for r in front:  # one row per (point, metrics): equal policies priced alike are one pair
+        key = (r["point"], tuple(round(r["metrics"].get(m) or 0.0, 12) for m, _ in keys))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def run_codesign(config: str | Path | dict, out_dir: str | Path | None, resume: bool = False,
@@ -360,6 +427,9 @@ def codesign_problem(base_problem: Any, options: CodesignOptions, run_dir: Path 
             check_run(inner, source, point_dir, resume_inner)
         result = run_problem(problem, point_dir, resume=resume_inner, progress=progress)
         point.front = _front_rows(result)
+        point.bounds = {k: float(v) for k, v in result.bounds.items()}
+        reference = result.baselines.get("fp32", {}).get("accuracy")
+        point.reference = None if reference is None or not np.isfinite(reference) else float(reference)
         point.status = "done"
         point.seconds = time.perf_counter() - started
         point.evaluations = int(getattr(result, "evaluations", 0))
@@ -367,7 +437,8 @@ def codesign_problem(base_problem: Any, options: CodesignOptions, run_dir: Path 
             edp = point.best_edp
             study.tell(hw_trial if hw_trial is not None else study.ask(), edp if np.isfinite(edp) else math.inf)
         _save(run_dir, {"points": [p.to_dict() for p in points]}, cache)
-    front = joint_front(points, base_problem.objectives)
+    front = joint_front(base_problem, points, cache)
+    _save(run_dir, {"points": [p.to_dict() for p in points]}, cache)
     out = CodesignResult(run_dir, names, base_problem.objectives, points, front)
     if run_dir is not None:
         from picojoule.search.codesign_report import write_codesign_outputs

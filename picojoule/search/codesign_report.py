@@ -88,7 +88,7 @@ def plot_front(result: CodesignResult, path: Path) -> Path | None:
     area = np.asarray([p.area_mm2 for p, _ in pts])
     energy = np.asarray([r["metrics"]["energy"] for _, r in pts]) * 1e6
     acc = np.asarray([r["metrics"].get("accuracy") if r["metrics"].get("accuracy") is not None else np.nan
-                      for _, r in pts], dtype=float)
+                      for _, r in pts], dtype=float)  # each point's own search's front
     colour = acc * 100 if np.isfinite(acc).any() else None
     sc = ax.scatter(area, energy, c=colour, s=18, alpha=0.5, cmap="viridis", label="feasible front of each point")
     if colour is not None:
@@ -124,12 +124,15 @@ def write_codesign_outputs(result: CodesignResult) -> dict[str, str]:
              f"{len(result.points)} hardware points; parameters: {', '.join(result.parameters)}; "
              f"objectives: {', '.join(str(o) for o in result.objectives)} (and area).", "",
              "## Joint Pareto front (policy x hardware)", "",
+             "Every policy measured anywhere in the co-design, priced on every searched hardware point (accuracy "
+             "depends on the policy only) and kept where it meets that point's bounds; `trial` is a point's own "
+             "search's trial where the pair came from its front (— : a measured policy priced here).", "",
              "| point | hardware | trial | " + " | ".join(metrics) + " | area | EDP |",
              "|---|---|---|" + "---|" * len(metrics) + "---|---|"]
     for r in result.front:
         m = r["metrics"]
         edp = m["energy"] * m["latency"]
-        lines.append(f"| {r['point']} | {values_text(r['values'])} | {r['trial']} | "
+        lines.append(f"| {r['point']} | {values_text(r['values'])} | {r['trial'] if r['trial'] is not None else '—'} | "
                      + " | ".join(format_value(x, m.get(x) if m.get(x) is not None else math.nan) for x in metrics)
                      + f" | {m['area']:.3g} mm² | {edp * 1e9:.4g} µJ·ms |")
     lines += ["", "## Hardware points", "",

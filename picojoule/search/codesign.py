@@ -11,8 +11,10 @@ A co-design config is a search config whose target has a ``parameters`` section
       warm_start: 4           # best policies of the earlier points that start each point's policy search
 
 **Hardware outer, policy inner, warm-started.** Each hardware point gets a full policy search (the engine of
-:mod:`picojoule.search.engine`, in ``points/NNN/`` of the run directory, with its journal, resume and report),
-started from the uniform warm starts of the config and the best policies found at the points before it. Why not
+:mod:`picojoule.search.engine`, in ``points/NNN/`` of the run directory, with its journal, resume and report,
+seeded with the config's seed plus the point's index so that the points explore different policies), started
+from the uniform warm starts of the config and the best policies found at the points before it. At the end every
+policy measured anywhere is priced on every searched point: the joint front is over all of those pairs. Why not
 one joint search over hardware and policy together: the expensive part of a trial is measuring accuracy, and
 accuracy depends on the policy only, not on the hardware it is priced on. Outer/inner with one accuracy cache
 shared by every point (a policy measured at one point costs nothing at the next) spends the measurements on
@@ -405,7 +407,9 @@ def codesign_problem(base_problem: Any, options: CodesignOptions, run_dir: Path 
             _save(run_dir, {"points": [p.to_dict() for p in points]}, cache)
             continue
         _save(run_dir, {"points": [p.to_dict() for p in points]}, cache)
-        update: dict[str, Any] = {"trials": trials}
+        # each point's search draws its own proposals (seed + point index): searches seeded alike would propose
+        # the same policies everywhere, and the joint front gains most from policies no other point measured
+        update: dict[str, Any] = {"trials": trials, "seed": cfg.seed + k}
         if point_dir is not None:
             import yaml
 

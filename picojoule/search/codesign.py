@@ -381,8 +381,8 @@ def codesign_problem(base_problem: Any, options: CodesignOptions, run_dir: Path 
     names = list(base.parameters)
     stored = hasattr(cfg, "target")  # a config file's settings name their target: each point's names its own
     while len([p for p in points if p.status != "running"]) < total:
-        k = len([p for p in points if p.status != "running"])
         running = next((p for p in points if p.status == "running"), None)
+        k = running.index if running is not None else len(points)  # an interrupted point keeps its index
         hw_trial = None
         if running is not None:
             values = running.values

@@ -193,3 +193,53 @@ def test_fewer_bits_cost_less_and_pruning_costs_less():
     assert e4 < e8
     half = Policy.from_dict({"default": {"w_bits": 8, "a_bits": 8, "keep": 0.5}})
     assert price(r20, t, half, model="hierarchy").total_energy_j[0] < e8
+
+
+# ---------------------------------------------------------------------------------------------
+# Access granularity and loop blocking, by hand (mobilenet_v2 against ZigZag's tpu_like and eyeriss_like)
+
+
+def test_depthwise_on_a_channel_array_reads_a_whole_sram_word_per_input():
+    """tpu_like unrolls K x C (32 x 32) and has no input register: a depthwise layer (K = C = 1 per group) works one
+    PE, which reads one 8-bit input from the 2 MB SRAM every MAC; an access there moves at least 64 bits
+    (ZigZag's bandwidth_min), so each costs 64 bits, 8x what the value alone would. Likewise each finished output
+    leaves the one-psum register for the SRAM as a 64-bit access. Inputs enter from DRAM and outputs leave for it
+    in whole tiles (no rounding)."""
+    g = _conv(32, 32, 3, 1, 56, groups=32, name="dw")
+    t = _mirror("tpu_like")
+    r = price(g, t, W8A8, model="hierarchy")
+    i = _level(r, "sram_io")
+    m = t.memory[i - 1]
+    assert m.access_bits == 64
+    macs, pixels = 32 * 56 * 56 * 9, 32 * 56 * 56
+    assert r.latency_s[0, 0] * t.clock_hz == pytest.approx(macs)  # 1 of 1024 PEs works, one MAC per cycle
+    hand = (macs * 64 * m.read_energy_pj_per_bit + pixels * 8 * m.write_pj_per_bit  # inputs: out per MAC, in once
+            + pixels * 64 * m.write_pj_per_bit + pixels * 16 * m.read_energy_pj_per_bit)  # outputs: in, out to DRAM
+    assert r.energy_j[0, 0, i] * 1e12 == pytest.approx(hand, rel=1e-9)
+    # the same layer as a dense conv fills the array: 32 inputs (256 b) per SRAM read, no rounding
+    dense = price(_conv(32, 32, 3, 1, 56), t, W8A8, model="hierarchy")
+    data = yaml.safe_load((MIRRORS / "tpu_like.yaml").read_text())
+    for level in data["memory"]:
+        level.pop("access_bits", None)
+    plain = price(_conv(32, 32, 3, 1, 56), target_from_dict(data, "tpu_like, any access width"), W8A8,
+                  model="hierarchy")
+    assert dense.energy_j[0, 0, i] == pytest.approx(plain.energy_j[0, 0, i], rel=1e-9)
+
+
+def test_pointwise_whose_channels_overflow_the_weight_register_blocks_across_output_channels():
+    """eyeriss_like, 1 x 1 conv 576 -> 96 at 14 x 14: each PE gets ceil(96/14) = 7 output and 576/12 = 48 input
+    channels, 336 weights for a 64-weight register. Keeping whole output channels (48 weights) reads every input
+    7 times; keeping 8 psums and cycling the weights through reads them from the 64 KB SRAM 170 times (sram_w
+    bound, 586 k cycles). The blocked tiling keeps 7 output channels x 9 input channels of weights (63), reads
+    each input and weight once and spills partial sums once per 9 input channels: compute bound at
+    7 x 48 x 196 = 65,856 cycles, each weight read from sram_w once."""
+    g = _conv(576, 96, 1, 1, 14, name="pw")
+    t = _mirror("eyeriss_like")
+    r = price(g, t, W8A8, model="hierarchy")
+    assert r.bound_names[r.bound[0, 0]] == "compute"
+    assert r.latency_s[0, 0] * t.clock_hz == pytest.approx(7 * 48 * 196)
+    i = _level(r, "sram_w")
+    m = t.memory[i - 1]
+    weights = 576 * 96
+    hand = weights * 8 * (m.read_energy_pj_per_bit + m.write_pj_per_bit)
+    assert r.energy_j[0, 0, i] * 1e12 == pytest.approx(hand, rel=1e-9)

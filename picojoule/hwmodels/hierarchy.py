@@ -16,13 +16,16 @@ function of (N policies, L layers) arrays:
    value enters once. Where it does not, one operand stays (the dataflow's operand in the PEs' own register
    files; at shared levels whichever is cheapest) in tiles as large as the level allows, and the others are
    brought in again once per tile: inputs once per tile of output channels, weights once per tile of output
-   pixels, partial sums written out and read back once per tile of input channels. A level never refills
-   more often than the level inside it.
+   pixels, partial sums written out and read back once per tile of input channels; where the PE's weights
+   overflow its weight register, the weights may also stay in blocks across as many output channels as the
+   partial-sum register holds, a chunk of input channels deep (each input read once, partial sums out once per
+   chunk). A level never refills more often than the level inside it.
 4. :func:`accesses`: reads and writes of each operand at each level, in bits: the PEs read W and I and
    update O at the innermost level holding each on every MAC (divided by the spatial reuse where that level
    is shared); every fill of a level is a write there and a read at the next level out that holds the
    operand; partial sums travel up and back down; DRAM reads each input and weight at least once and
-   receives the final outputs at the activation width.
+   receives the final outputs at the activation width. An access narrower than a level's ``access_bits`` (its
+   array's word) costs a whole word: one PE at work reads one input a cycle, but pays for the word.
 5. energy: reads and writes at each level's own read and write energy per bit, plus the MACs;
    latency: the slowest of the compute (MAC cycles at the layer's utilisation) and each level's traffic
    over its bandwidth (read and write ports apart where the level has both), as in the roofline.
@@ -104,10 +107,15 @@ class Spatial:
 
     def used(self, dims: tuple[int, ...]) -> np.ndarray | float:
         """PEs used along the array dimensions ``dims``."""
+        key = ("used", dims)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
         f: np.ndarray | float = 1.0
         for u in dims:
             for v in self.by_dim[u].values():
                 f = f * v
+        self.memo[key] = f
         return f
 
     def reuse(self, x: str, dims: tuple[int, ...]) -> np.ndarray | float:
@@ -252,26 +260,49 @@ def _separate_tier(target: Target, lp: Loops, sp: Spatial, bits: dict[str, np.nd
     def nxt(x: str) -> int:
         return next(j for j in range(levels[x] + 1, n) if x in target.memory[j].held)
 
-    options = []
-    for s in candidates:
+    def tiles(s: str):
+        """The refetch factors of the tilings that keep ``s``: whole output channels of weights (or a tile of
+        partial sums) as _refetch gives, and for weights also tiles across as many output channels as the partial
+        sum register holds, a chunk of input channels deep: each input is then read once for all of them and the
+        partial sums leave once per chunk (the loop blocking a mapper picks when a PE's channels do not fit)."""
         dims, size, _, _ = slices[s]
         tile = target.memory[levels[s]].capacity_bytes * 8 / bits[s]
-        w_f, i_f, o_f = _refetch(s, tile, dims, size)
-        if s != "I" and "I" in levels:  # inputs streamed past: the sliding window's overlap is kept only if the
-            i_dims = slices["I"][0]     # input register file holds FY rows of a window's span
-            cap_i = target.memory[levels["I"]].capacity_bytes * 8 / bits["I"]
-            span = np.minimum(i_dims["FY"] * ((i_dims["OX"] - 1) * lp.stride + i_dims["FX"]),
-                              i_dims["FX"] * ((i_dims["OY"] - 1) * lp.stride + i_dims["FY"]))
-            lost = np.maximum(i_dims["FX"] * i_dims["FY"] / lp.stride ** 2, 1.0)
-            i_f = i_f * np.where(span <= cap_i, 1.0, lost)
+        yield _refetch(s, tile, dims, size)
+        if s == "W" and "O" in levels:
+            psums = target.memory[levels["O"]].capacity_bytes * 8 / bits["O"]
+            taps = dims["FX"] * dims["FY"]
+            k_t = np.maximum(np.minimum(dims["K"], np.floor(psums)), 1.0)
+            c_t = np.floor(tile / (k_t * taps))
+            n_k = _ceil_ratio(dims["K"], k_t)
+            n_c = np.where(c_t >= 1, _ceil_ratio(dims["C"], np.maximum(c_t, 1.0)), 1e30)  # 1e30: no such tile
+            yield np.ones_like(tile), n_k, n_c
+
+    # each operand's cost of one trip of all its values between its register and the level above, and the inputs'
+    # loss of the sliding window's overlap where they stream past a register too small to keep it (the same for
+    # every tiling that keeps something else)
+    base = {}
+    for x in levels:
+        _, size_x, copies, _ = slices[x]
+        m, up = target.memory[levels[x]], target.memory[nxt(x)]
+        base[x] = size_x[x] * copies * bits[x] * (m.write_pj_per_bit + up.read_energy_pj_per_bit)
+    streamed = 1.0
+    if "I" in levels:  # the overlap is kept only if the input register file holds FY rows of a window's span
+        i_dims = slices["I"][0]
+        cap_i = target.memory[levels["I"]].capacity_bytes * 8 / bits["I"]
+        span = np.minimum(i_dims["FY"] * ((i_dims["OX"] - 1) * lp.stride + i_dims["FX"]),
+                          i_dims["FX"] * ((i_dims["OY"] - 1) * lp.stride + i_dims["FY"]))
+        lost = np.maximum(i_dims["FX"] * i_dims["FY"] / lp.stride ** 2, 1.0)
+        streamed = np.where(span <= cap_i, 1.0, lost)
+    one = np.ones_like(lp.macs)
+    options = []
+    for s, (w_f, i_f, o_f) in ((s, f) for s in candidates for f in tiles(s)):
+        if s != "I" and "I" in levels:
+            i_f = i_f * streamed
         fx = {"W": w_f, "I": i_f, "O": o_f}
-        fx[s] = np.ones_like(tile)
+        fx[s] = one
         cost = 0.0
         for x in levels:
-            _, size_x, copies, _ = slices[x]
-            trips = 2 * fx[x] - 1 if x == "O" else fx[x]
-            m, up = target.memory[levels[x]], target.memory[nxt(x)]
-            cost = cost + size_x[x] * copies * trips * bits[x] * (m.write_pj_per_bit + up.read_energy_pj_per_bit)
+            cost = cost + base[x] * (2 * fx[x] - 1 if x == "O" else fx[x])
         options.append((fx, cost))
     best = _choose(options)
     return {i: best[x] for x, i in levels.items()}
@@ -357,9 +388,27 @@ def register_reuse(target: Target, lp: Loops, sp: Spatial, bits: dict[str, np.nd
     return out
 
 
+def _granule(level, moved: np.ndarray | float) -> np.ndarray | float:
+    """What an access that moves ``moved`` bits costs at ``level``, per bit moved: an access moves at least the
+    level's ``access_bits`` (a word of its array), so a narrower one costs a whole word (1 where every access is
+    a word or wider: a wider transfer is many whole words, its last one partly used)."""
+    g = level.access_bits
+    if not g or np.min(moved) >= g:
+        return 1.0
+    return np.maximum(g / np.maximum(moved, 1e-9), 1.0)
+
+
+def _scaled(x: np.ndarray, g: np.ndarray | float) -> np.ndarray:
+    return x if isinstance(g, float) else x * g
+
+
 def accesses(target: Target, lp: Loops, sp: Spatial, fl: list[dict[str, np.ndarray]],
              bits: dict[str, np.ndarray], out_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(read bits, write bits) per level, each (N, L, levels)."""
+    """(read bits, write bits) per level, each (N, L, levels), an access of fewer bits than a level's
+    ``access_bits`` counted as that many: each cycle the innermost level of an operand serves the distinct values
+    its PEs want at once (one, where a single PE works, as on a depthwise layer over an array that unrolls only
+    channels), and a fill or drain between two levels moves at once what each working instance of the inner one
+    holds of its slice, for every instance with distinct values."""
     n = len(target.memory)
     spans = [level_spans(target, i) for i in range(n)]
     reads = [np.zeros_like(lp.macs) for _ in range(n)]
@@ -369,15 +418,28 @@ def accesses(target: Target, lp: Loops, sp: Spatial, fl: list[dict[str, np.ndarr
         chain = [i for i, m in enumerate(target.memory) if x in m.held]
         inner = chain[0]
         demand = lp.macs / np.maximum(sp.reuse(x, spans[inner]), 1.0) / register[x]
-        reads[inner] = reads[inner] + demand * bits[x]
+        g_inner = 1.0
+        if target.memory[inner].access_bits:  # the distinct values of x its PEs want in one cycle, in one access
+            at_once = np.maximum(sp.used(spans[inner]) / np.maximum(sp.reuse(x, spans[inner]), 1.0), 1.0)
+            g_inner = _granule(target.memory[inner], at_once * bits[x])
+        traffic = _scaled(demand * bits[x], g_inner)
+        reads[inner] = reads[inner] + traffic
         if x == "O":
-            writes[inner] = writes[inner] + demand * bits[x]
+            writes[inner] = writes[inner] + traffic
         for a, b in zip(chain, chain[1:]):
             f = fl[a][x]
             if a == inner and x != "O":  # a register file is never filled more often than it is read
                 f = np.minimum(f, demand)
             spread = np.maximum(sp.reuse(x, spans[b]) / np.maximum(sp.reuse(x, spans[a]), 1.0), 1.0)
             final = b == n - 1
+            g = 1.0
+            if target.memory[b].access_bits:  # one access at b: a's working instances under it, each its chunk
+                chunk_bits = _slice(target, sp, lp, a)[1][x] * bits[x]  # a's slice of x, or as much as a holds
+                chunk_bits = np.minimum(chunk_bits, target.memory[a].capacity_bytes * 8)
+                instances = sp.used(spans[b]) / spread
+                if spans[a]:
+                    instances = instances / np.maximum(sp.used(spans[a]), 1.0)
+                g = _granule(target.memory[b], np.maximum(instances, 1.0) * chunk_bits)
             if x == "O":
                 down = fl[a]["O_down"]
                 up_b = f / spread
@@ -385,16 +447,16 @@ def accesses(target: Target, lp: Loops, sp: Spatial, fl: list[dict[str, np.ndarr
                 writes[a] = writes[a] + down * bits[x]
                 if final:  # finished outputs leave at the activation width, spilled partial sums at theirs
                     spill = np.maximum(up_b - lp.size["O"], 0.0)
-                    writes[b] = writes[b] + lp.size["O"] * out_bits + spill * bits[x]
+                    writes[b] = writes[b] + _scaled(lp.size["O"] * out_bits + spill * bits[x], g)
                 else:
-                    writes[b] = writes[b] + up_b * bits[x]
-                reads[b] = reads[b] + down / spread * bits[x]
+                    writes[b] = writes[b] + _scaled(up_b * bits[x], g)
+                reads[b] = reads[b] + _scaled(down / spread * bits[x], g)
             else:
                 writes[a] = writes[a] + f * bits[x]
                 src = f / spread
                 if final:
                     src = np.maximum(src, lp.size[x])
-                reads[b] = reads[b] + src * bits[x]
+                reads[b] = reads[b] + _scaled(src * bits[x], g)
     return np.stack(reads, axis=-1), np.stack(writes, axis=-1)
 
 

@@ -118,6 +118,9 @@ class MemoryLevel(_Strict):
     write_bandwidth_bytes_per_s: float | None = Field(default=None, gt=0, description="write port; default: shared")
     read_energy_pj_per_bit: float = Field(gt=0)
     write_energy_pj_per_bit: float | None = Field(default=None, gt=0, description="default: = read")
+    access_bits: int | None = Field(
+        default=None, ge=1, description="the fewest bits one access moves (a word of the array, ZigZag's bandwidth_min): "
+        "an access of fewer bits costs as many; default: any number of bits")
     spans: list[int] | None = Field(
         default=None, description="the dataflow's array dimensions (indices into dataflow.unroll) that one instance "
         "serves, as ZigZag's served_dimensions; default: none for one instance per PE, all for one instance")

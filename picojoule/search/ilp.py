@@ -85,8 +85,8 @@ def choice_rows(space: Space, sensitivity: Any) -> list[list[dict[str, Any] | No
 def sensitivity_scores(space: Space, sensitivity: Any, measure: str = "loss") -> list[np.ndarray]:
     """Per knob, the score of each choice: the loss increase (``loss``), the KL divergence (``kl``) or, for weight
     widths, HAWQ-V3's ``avg_trace * ||W - Q(W)||^2`` (``hawq``; other knobs then use the loss increase) of that
-    choice alone, clipped at 0 (a measured decrease is noise, not a gain). A sensitivity computed for another space
-    is refused with the first knob it lacks."""
+    choice alone, clipped at 0 (a measured decrease is noise, not a gain) and made monotone by
+    :func:`monotone_scores`. A sensitivity computed for another space is refused with the first knob it lacks."""
     if measure not in MEASURES:
         raise PicojouleError(f"ilp: unknown sensitivity measure '{measure}' (expected one of {', '.join(MEASURES)})")
     column = {"loss": "loss_increase", "kl": "kl", "hawq": "hawq_v3"}[measure]
@@ -100,7 +100,25 @@ def sensitivity_scores(space: Space, sensitivity: Any, measure: str = "loss") ->
             value = row.get(column)
             values.append(max(float(row["loss_increase"] if value is None else value), 0.0))
         scores.append(np.asarray(values))
-    return scores
+    return monotone_scores(space, scores)
+
+
+def monotone_scores(space: Space, scores: Sequence[np.ndarray], tie: float = 1e-4) -> list[np.ndarray]:
+    """``scores`` made to grow as a knob's capacity falls: a choice never scores below a more capable one of the
+    same knob (a measured 3-bit loss under the 4-bit one is the sample's noise), and among equal scores the less
+    capable choice pays ``tie`` times the median positive score per step down. Without this, a choice whose
+    measured harm rounds to zero ties with full capacity, and on a target where it saves nothing (sub-8-bit
+    widths on an int8-only NPU) the solver may take it anyway, losing accuracy for no saving."""
+    positive = np.concatenate([s[s > 0] for s in scores] or [np.zeros(0)])
+    step = tie * (float(np.median(positive)) if positive.size else 1.0)
+    out = []
+    for knob, s in zip(space.knobs, scores):
+        order = np.argsort(-knob_capacity(knob, space), kind="stable")  # most capable first
+        ranked = np.maximum.accumulate(np.asarray(s, dtype=float)[order]) + step * np.arange(len(order))
+        fixed = np.empty_like(ranked)
+        fixed[order] = ranked
+        out.append(fixed)
+    return out
 
 
 @dataclass
@@ -146,15 +164,33 @@ class ILPPlanner:
 
     # -- checks ------------------------------------------------------------------------------------
 
+    def least(self, metric: str, sweeps: int = 3) -> tuple[np.ndarray, float]:
+        """The policy of least ``metric`` found by coordinate descent over the blocks, starting from the most
+        compressed choices. The least capable choice is not always the cheapest: splitting a layer into two
+        low-rank ones costs a launch-bound target more time than it saves. For costs that add up over layers
+        (the roofline's and the hierarchy's do) one sweep finds the true minimum."""
+        best = self.bottom.copy()
+        value = float(self.cost(best[None])[metric][0])
+        for _ in range(sweeps):
+            changed = False
+            for b, block in enumerate(self.blocks):
+                cand = np.repeat(best[None], len(block.options), 0)
+                cand[:, list(block.dims)] = block.options
+                vals = np.asarray(self.cost(cand)[metric], dtype=float)
+                i = int(np.argmin(vals))
+                if vals[i] < value * (1 - 1e-12):
+                    best, value, changed = cand[i].copy(), float(vals[i]), True
+            if not changed:
+                break
+        return best, value
+
     def check_feasible(self, where: str = "ilp") -> None:
-        """Raise (one line) when the most compressed policy of the space already breaks a hardware bound: no
-        policy can meet it."""
-        metrics = self.cost(self.bottom[None])
+        """Raise (one line) when even the policy of least cost breaks a hardware bound: no policy can meet it."""
         for key, (metric, bound) in self.caps.items():
-            least = float(metrics[metric][0])
+            _, least = self.least(metric)
             if least > bound:
                 raise PicojouleError(
-                    f"{where}: no policy of the space meets '{key}': the most compressed one is at "
+                    f"{where}: no policy of the space meets '{key}': the cheapest one is at "
                     f"{format_value(metric, least)} ({least / bound:.2f}x the bound "
                     f"{format_value(metric, bound)}); loosen the bound or allow lower choices in the space")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -228,3 +229,45 @@ def test_compressed_minilm_exports_for_onnx_runtime_with_int4_and_int8_kernels(m
     with torch.no_grad():
         fp32 = minilm.module(ids, mask).numpy()
     assert (got8 * fp32).sum(1).min() > 0.98  # unit embeddings: the int8 kernels keep the fidelity
+
+
+@pytest.mark.slow
+def test_minilm_searches_from_token_ids_against_fp16(minilm: HFModel, texts: list[str]) -> None:
+    """One tensor in (the mask read from the ids), so pj.search, its calibration and compress take the model; the
+    layers no knob covers at 16 bits (rest_bits) and the fp16 baseline, as a GPU runs a transformer."""
+    from picojoule.search.baselines import baseline_policy
+
+    module = minilm.ids_module()
+    ids, mask = minilm.tokenize(texts[-12:])
+    with torch.no_grad():
+        assert torch.equal(module(ids), minilm.module(ids, mask))
+    graph = pj.LayerGraph.from_torch(module, ids[:1])
+    assert graph.macs == minilm.graph(batch=1).macs
+    space = pj.Space(graph, "a100", {"rest_bits": 16, "pin_first_last": False, "defaults": {"w_bits": [4, 8],
+                                                                                             "a_bits": [8]}})
+    policy = space.decode(space.sample(np.random.default_rng(0), 1)[0])
+    assert policy.default.w_bits == 16 and policy.default.a_bits == 16
+    attention = next(layer.name for layer in graph.layers if layer.op == "softmax")
+    batch = space.decode_batch(space.sample(np.random.default_rng(0), 1))
+    assert batch.w_bits[0, graph.index(attention)] == 16
+    fp16 = pj.cost(graph, "a100", baseline_policy("fp16", graph), batch=128).total["latency_s"]
+    int16 = pj.cost(graph, "a100", baseline_policy("uniform_int16", graph), batch=128).total["latency_s"]
+    assert fp16 < 0.9 * int16  # the attention matmuls and softmax at 16 bits too, not float32
+    with pytest.raises(PicojouleError, match=r"space: key 'rest_bits': expected one of 16, 32, got 8"):
+        pj.Space(graph, "a100", {"rest_bits": 8})
+
+    reference = minilm.embed(texts[-12:])
+    calib_ids = minilm.tokenize(texts[:16])[0]
+
+    def cosine(m: nn.Module) -> float:
+        return fidelity(reference, m(ids))["cosine"]
+
+    res = pj.search(module, ids[:1], "a100", evaluate=cosine, calib_data=[calib_ids[:8], calib_ids[8:]],
+                    constraints=["latency <= 0.8 * fp16"], batch=128, trials=2, strategy="random",
+                    space={"rest_bits": 16, "pin_first_last": False,
+                           "defaults": {"w_bits": [8, 16], "a_bits": [8, 16], "keep": [1.0]}},
+                    warm_start=["uniform_int8"], progress=False)
+    assert set(res.baselines) >= {"fp32", "fp16", "uniform_int8"}
+    assert res.baselines["fp32"]["accuracy"] > 0.9999
+    assert 0.9 < res.baselines["uniform_int8"]["accuracy"] < 0.9999
+    assert any(r.evaluated for r in res.records)

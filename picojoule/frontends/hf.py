@@ -86,6 +86,19 @@ class HiddenStates(nn.Module):
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+class FromTokenIds(nn.Module):
+    """``module(input_ids, attention_mask)`` called with the token ids alone, the mask read from them (every token
+    but the padding one is attended). Exact for inputs that :meth:`HFModel.tokenize` pads, and one tensor in, as
+    the search's evaluation, calibration and ONNX export feed a model."""
+
+    def __init__(self, module: nn.Module, pad_token_id: int):
+        super().__init__()
+        self.module, self.pad_token_id = module, int(pad_token_id)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids, (input_ids != self.pad_token_id).long())
+
+
 @dataclass
 class HFModel:
     """A loaded Hugging Face model: ``module(input_ids, attention_mask)``, its tokenizer and input length."""
@@ -110,6 +123,10 @@ class HFModel:
         """A full-length example input of ``batch`` sequences (what the graph is traced and costed at)."""
         ids = torch.full((batch, self.seq_len), int(self.tokenizer.pad_token_id or 0) + 1, dtype=torch.long)
         return ids, torch.ones(batch, self.seq_len, dtype=torch.long)
+
+    def ids_module(self) -> FromTokenIds:
+        """This model as a module of one input, the token ids (for ``pj.search`` and ``pj.compress``)."""
+        return FromTokenIds(self.module, self.tokenizer.pad_token_id or 0).eval()
 
     def graph(self, batch: int = 1) -> Any:
         """The LayerGraph at ``batch`` sequences of ``seq_len`` tokens (refuses what it does not model)."""

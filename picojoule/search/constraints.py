@@ -112,7 +112,7 @@ def parse_constraint(text: str, where: str = "constraint") -> Constraint:
         return Constraint(canonical, metric, upper, None, factor, baseline)
     if rel and not _ABSOLUTE_RE.match(rhs):
         raise PicojouleError(f"{where}: '{text}': unknown baseline '{rel.group(2)}' (expected fp32, "
-                             "uniform_int<N> or uniform_w<N>a<M>)")
+                             "fp16, uniform_int<N> or uniform_w<N>a<M>)")
     absolute = _ABSOLUTE_RE.match(rhs)
     if not absolute:
         raise PicojouleError(f"{where}: '{text}': cannot read the bound '{rhs}': expected a number with a unit "

@@ -17,6 +17,12 @@ Knobs, in graph order (a knob with a single choice is a fixed value, not a knob)
 
 The knobs and their defaults come from the compression passes (:mod:`picojoule.passes`).
 
+``rest_bits`` (default 32) is the width of the layers no knob covers: the attention matmuls, softmax, norms and
+element-wise ops, and the defaults of decoded policies. 32 prices them in float32; 16 in 16-bit floats, as a GPU
+runs a transformer outside its quantized linears (compare with the ``fp16`` baseline then). Excluded layers stay
+at 32. The width is priced, not emulated when a policy is applied: those layers compute in float32 then (a 16-bit
+float changes a transformer's outputs far less than the searched integer widths do).
+
 ``pin_first_last`` (default true) fixes the first and last compute layers at 8-bit weights and
 activations, no rank split and no sparsity. Their pruning groups are fixed at keep 1.0 only when no other layer
 shares them: a ResNet stem's group is also the residual stream of the first stage, which stays
@@ -25,6 +31,7 @@ prunable (pin it with ``layers: {conv1: {pin: {keep: 1.0}}}``).
 Overrides, a YAML mapping (every key optional)::
 
     pin_first_last: true
+    rest_bits: 32                            # or 16
     defaults: {w_bits: [4, 8], a_bits: [8], keep: [0.5, 1.0], rank_fractions: [0.25], sparsity: [0, 0.5]}
     layers:                                  # fnmatch patterns on layer names, applied in order
       "layer3.*": {w_bits: [2, 4], rank: [0, 8, 16]}   # or rank_fractions: [...]
@@ -52,7 +59,7 @@ from picojoule.graph import Layer, LayerGraph
 from picojoule.hwmodels.target import Target, load_target
 from picojoule.passes import FIELD_BY_NAME, FIELDS, OWNER, PASSES
 from picojoule.passes.prune import DEFAULT_KEEP, PRUNE
-from picojoule.passes.quantize import PIN_BITS
+from picojoule.passes.quantize import FLOAT_BITS, PIN_BITS
 from picojoule.policy import KNOBS, LayerPolicy, Policy, PolicyBatch
 from picojoule.yamlfile import read_yaml
 
@@ -63,7 +70,9 @@ _LAYER_FIELDS = tuple(f.name for f in FIELDS if not f.group)
 #: extra override keys of the passes (e.g. rank_fractions) -> the field whose rule checks their values
 _EXTRA_KEYS = {key: rule for p in PASSES for key, rule in p.override_keys.items()}
 _KEY_OWNER = {**OWNER, **{key: p for p in PASSES for key in p.override_keys}}
-_TOP_KEYS = ("pin_first_last", "defaults", "layers")
+_TOP_KEYS = ("pin_first_last", "rest_bits", "defaults", "layers")
+#: the widths ``rest_bits`` may take
+REST_BITS = (16, 32)
 _DEFAULT_KEYS = (*KNOB_KINDS, *_EXTRA_KEYS)
 _ENTRY_KEYS = (*_DEFAULT_KEYS, "pin", "exclude")
 _PIN_KEYS = KNOB_KINDS
@@ -121,6 +130,7 @@ class _Draft:
     keep: dict[int, tuple]  # group id -> keep choices
     pinned: set[str] = field(default_factory=set)
     excluded: set[str] = field(default_factory=set)
+    rest_bits: int = 32
 
     def apply(self, pattern: str, entry: Any, where: str) -> None:
         """Apply one ``layers`` entry to the compute layers ``pattern`` matches."""
@@ -190,6 +200,11 @@ def _draft(graph: LayerGraph, target: Target, overrides: Any, source: str) -> _D
         raise PicojouleError(f"{source}: key 'layers': expected a mapping of layer-name pattern to settings")
     for pattern, entry in layers.items():
         draft.apply(str(pattern), entry, f"{source}: layers['{pattern}']")
+    rest = data.get("rest_bits", 32)
+    if isinstance(rest, bool) or rest not in REST_BITS:
+        raise PicojouleError(f"{source}: key 'rest_bits': expected one of {', '.join(map(str, REST_BITS))}, "
+                             f"got {rest!r}")
+    draft.rest_bits = int(rest)
     draft.finish()
     return draft
 
@@ -208,8 +223,13 @@ class Space:
         draft = _draft(graph, target, overrides, source)
         self.graph, self.target = graph, target
         self.pinned, self.excluded = sorted(draft.pinned), sorted(draft.excluded)
+        self.rest_bits = draft.rest_bits
         self.knobs: list[Knob] = []
         self._fixed = {k: np.full(len(graph), FIELD_BY_NAME[k].encode(FIELD_BY_NAME[k].default)) for k in KNOBS}
+        if self.rest_bits != FLOAT_BITS:  # the layers no knob covers (compute layers are set below)
+            rest = [j for j, layer in enumerate(graph.layers) if layer.name not in draft.layers]
+            for kind in ("w_bits", "a_bits"):
+                self._fixed[kind][rest] = FIELD_BY_NAME[kind].encode(self.rest_bits)
         members = {g.id: tuple(graph.index(layer.name) for layer in graph.compute_layers() if layer.group == g.id)
                    for g in graph.groups}
         anchors = {graph.index(g.anchor): g for g in graph.groups}
@@ -310,7 +330,12 @@ class Space:
         for layer in self.graph.compute_layers():
             j = self.graph.index(layer.name)
             layers[layer.name] = LayerPolicy(**{k: FIELD_BY_NAME[k].to_value(values[k][j]) for k in KNOBS})
-        return Policy(LayerPolicy(), layers, {"model": self.graph.name, "target": self.target.name})
+        return Policy(self.rest_policy(), layers, {"model": self.graph.name, "target": self.target.name})
+
+    def rest_policy(self) -> LayerPolicy:
+        """The policy of the layers no knob covers (the default of decoded policies): ``rest_bits`` wide."""
+        return (LayerPolicy() if self.rest_bits == FLOAT_BITS
+                else LayerPolicy(w_bits=self.rest_bits, a_bits=self.rest_bits))
 
     def decode_batch(self, idx: np.ndarray) -> PolicyBatch:
         """The (N, L) arrays of N choice-index vectors (N, D), vectorised; equal to stacking :meth:`decode`."""
@@ -337,6 +362,8 @@ class Space:
             lines.append(f"pinned at {PIN_BITS}-bit, no rank split, dense: {', '.join(self.pinned)}")
         if self.excluded:
             lines.append(f"excluded (float, unpruned): {', '.join(self.excluded)}")
+        if self.rest_bits != FLOAT_BITS:
+            lines.append(f"the layers no knob covers at {self.rest_bits} bits")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

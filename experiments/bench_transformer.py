@@ -150,7 +150,8 @@ def main() -> int:
               f"- W8A8 (SmoothQuant) cosine >= 0.99: {w8:.4f}, {mark(w8 >= 0.99)}",
               f"- W4A16 GPTQ beats round-to-nearest on fidelity: {gptq:.4f} vs {rtn:.4f}, {mark(gptq > rtn)}",
               "- a searched mixed policy meets a100 `latency <= 0.5 * fp16` / eyeriss `energy <= 0.5 * int8` with "
-              "cosine >= 0.98: **not run** (the linear passes are not yet search knobs)",
+              "cosine >= 0.98: see bench_transformer_search.md (**missed**: the generic passes the search applies reach "
+              "0.77 and 0.30 at the bounds; the linear passes above are not yet search knobs)",
               ("- latency measured in ONNX Runtime here: see the ORT columns (W8A8 runs integer MatMuls; W4A16 "
                "MatMulNBits computes the exact fake-quant weights in float, so at 128 tokens it saves memory, not time; "
                "2:4 has no sparse CPU kernel)" if fp32_ms else "- latency measured in ONNX Runtime here: not run (--no-ort)"),

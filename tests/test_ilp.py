@@ -361,3 +361,32 @@ def test_free_lowering_is_not_taken_on_an_int8_only_target() -> None:
     lowered = [layer.name for layer in graph.compute_layers()
                if policy.for_layer(layer.name).w_bits < 8 or policy.for_layer(layer.name).a_bits < 8]
     assert lowered == [], lowered
+
+
+@pytest.mark.parametrize("target_name", ["tpu-v4", "a100"])
+def test_launch_bound_targets_give_many_distinct_solutions(target_name: str) -> None:
+    """At batch 1024 the linear model of a launch-bound target misses; the ILP must still find distinct feasible
+    solutions call after call (it found 2 on tpu-v4, where the tightened refit had no solution, and 3 on a100,
+    where each later solution was lowered onto a policy already tried; the strategy then drew random, infeasible
+    policies for the rest of the search)."""
+    graph = build_graph("resnet20")
+    target = load_target(target_name)
+    space = Space.build(graph, target, {"defaults": {"w_bits": [2, 3, 4, 5, 6, 8], "a_bits": [3, 4, 5, 6, 8],
+                                                     "keep": [0.5, 0.625, 0.75, 0.875, 1.0],
+                                                     "rank_fractions": [0.25, 0.5]}})
+
+    def cost(vecs: np.ndarray) -> dict[str, np.ndarray]:
+        return {"latency": price(graph, target, space.decode_batch(vecs), batch=1024).total_latency_s}
+
+    program = ConstraintProgram.parse(["latency <= 0.5 * uniform_int8"])
+    bound = 0.5 * cost(space.encode(baseline_policy("uniform_int8", graph))[None])["latency"][0]
+    planner = ILPPlanner(space, program, {program.keys[0]: bound}, cost)
+    scores = monotone_scores(space, _scores(space))
+    tried: list[np.ndarray] = []
+    for _ in range(10):
+        sol = next((s for s in (planner.solve(scores, scale, tried) for scale in (1.0, 0.9, 0.8)) if s is not None),
+                   None)
+        assert sol is not None, f"no new solution after {len(tried)}"
+        assert all(tuple(sol.vec) != tuple(v) for v in tried)
+        assert cost(sol.vec[None])["latency"][0] <= bound * (1 + 1e-9)
+        tried.append(sol.vec)

@@ -277,10 +277,29 @@ class ILPPlanner:
         per_option = self.option_scores(scores)
         c = per_option + 1e-9 * np.arange(len(per_option)) / len(per_option)  # a fixed tie-break: the first option
         target = {key: value * scale for key, (_, value) in self.caps.items()}
+        passed = list(exclude)
+        for _ in range(4):
+            sol, collided = self._solve_at(c, per_option, target, scale, passed, time_limit)
+            if collided is None:
+                return sol
+            # lowered onto the bounds it lands on a policy already tried: look past this solution (without this,
+            # every later call found it again and the strategy fell back to random draws; a100 at batch 1024)
+            passed.append(collided)
+        return None
+
+    def _solve_at(self, c: np.ndarray, per_option: np.ndarray, target: Mapping[str, float], scale: float,
+                  exclude: Sequence[np.ndarray], time_limit: float) -> tuple[Solution | None, np.ndarray | None]:
+        """(the solution or None, None); or (None, the linear solution) when its projection is excluded."""
         limits, ref = dict(target), self.top
         best = None
         for attempt in range(self.refits + 1):
             x, predicted = self._solve_once(c, ref, limits, exclude, time_limit)
+            if x is None and attempt > 0 and limits != target:
+                # the tightened program has no solution: around the new reference (where the linear model is
+                # exact) the bound itself may still be met. Launch-bound targets need this (tpu-v4 at batch 1024:
+                # every rung ended here, and the strategy fell back to random, infeasible draws)
+                limits = dict(target)
+                x, predicted = self._solve_once(c, ref, limits, exclude, time_limit)
             if x is None:
                 break
             vec = self.vector_of(x)
@@ -289,17 +308,17 @@ class ILPPlanner:
                             scale=scale)
             over = {k: priced[k] - target[k] for k in target if priced[k] > target[k]}
             if not over:
-                return best
+                return best, None
             # re-linearise around the solution, the bound tightened by what the linear model missed
             ref = vec
             limits = {k: limits[k] - max(priced[k] - predicted[k], 0.0) if k in over else limits[k] for k in limits}
         if best is None:
-            return None
+            return None, None
         lowered = self._projector(target)(best.vec)
         if any(tuple(lowered) == tuple(v) for v in exclude):
-            return None
+            return None, best.vec
         priced = self.price(lowered)
         if any(priced[k] > target[k] for k in target):
-            return None
+            return None, None
         return Solution(lowered, float(per_option[self.selection(lowered)].sum()), best.predicted, priced,
-                        best.refits, projected=True, scale=scale)
+                        best.refits, projected=True, scale=scale), None

@@ -67,8 +67,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                  {"constraints": ["energy <= 0.4 * uniform_int8"]}),
     "r56-e0.5": ("ResNet-56 on eyeriss, energy <= 0.5 x uniform INT8",
                  {"model": "resnet56", "weights": "../shared/data/models/resnet56_cifar10.th"}),
-    "r20-a100": ("ResNet-20 on a100 (batch 256), latency <= 0.6 x uniform INT8",
-                 {"target": "a100", "cost_model": "roofline", "batch": 256,
+    # batch 1024: at 256 the pinned first and last layers and launch overhead leave no policy of this space
+    # under 0.6x (the cheapest is 0.68x; 0.62x even with keeps down to 0.5)
+    "r20-a100": ("ResNet-20 on a100 (batch 1024), latency <= 0.6 x uniform INT8",
+                 {"target": "a100", "cost_model": "roofline", "batch": 1024,
                   "objectives": ["maximise accuracy", "minimise latency"],
                   "constraints": ["latency <= 0.6 * uniform_int8"], "space": A100_SPACE}),
 }

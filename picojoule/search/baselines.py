@@ -43,10 +43,7 @@ def baseline_bits(name: str) -> tuple[int, int]:
 def baseline_policy(name: str, graph: LayerGraph) -> Policy:
     """The policy of baseline ``name`` on ``graph``."""
     w_bits, a_bits = baseline_bits(name)
-    if name == "fp16":
-        half = LayerPolicy(w_bits=16, a_bits=16)
-        return Policy(half, {layer.name: half for layer in graph.compute_layers()},
-                      {"model": graph.name, "provenance": {"tool": "picojoule", "baseline": name}})
+    rest = LayerPolicy(w_bits=16, a_bits=16) if name == "fp16" else LayerPolicy()  # the layers no knob covers
     layers = {} if (w_bits, a_bits) == (FLOAT_BITS, FLOAT_BITS) else {
         layer.name: LayerPolicy(w_bits=w_bits, a_bits=a_bits) for layer in graph.compute_layers()}
-    return Policy(LayerPolicy(), layers, {"model": graph.name, "provenance": {"tool": "picojoule", "baseline": name}})
+    return Policy(rest, layers, {"model": graph.name, "provenance": {"tool": "picojoule", "baseline": name}})

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph, PruningGroup, build_graph
@@ -65,10 +66,16 @@ class ChannelMapShortcut(nn.Module):
         src = torch.arange(pad.in_planes)
         return cls(pad.in_planes, pad.out_planes, src, src + front, pad.stride)
 
+    def table(self) -> Tensor:
+        """For each output channel, the input channel it copies, or ``in_channels`` (a zero channel) if none."""
+        table = torch.full((self.out_channels,), self.in_channels, dtype=torch.long, device=self.src.device)
+        return table.index_copy(0, self.dst, self.src)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        out = x.new_zeros((x.shape[0], self.out_channels, *x.shape[2:]))
-        return out.index_copy(1, self.dst, x.index_select(1, self.src))
+        # one zero channel appended, then a gather with constant indices: exported as Slice, Pad and Gather (no
+        # ScatterElements or shape arithmetic), which ONNX Runtime also runs on the integers of an int8 tensor
+        x = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, 1))
+        return x.index_select(1, self.table())
 
     def remove_channels(self, idxs: Sequence[int], outputs: bool) -> None:
         """Remove input (``outputs=False``) or output channels ``idxs``: their pairs go, the rest renumber."""

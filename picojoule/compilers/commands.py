@@ -238,6 +238,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from picojoule.models import load_torch_model
 
     torch.set_num_threads(1)
+    _keeps(args.keeps)  # a bad --keeps fails before anything is built
     target = load_target(args.target)
     if target.kind != "cpu":
         raise PicojouleError(f"calibrate: target {target.name} is a {target.kind}: calibration times code on this "
@@ -259,31 +260,81 @@ def run_calibrate(args: argparse.Namespace) -> int:
         from picojoule.compilers.calibrate import integer_or_float
 
         policies = [integer_or_float(p) for p in policies]
+    kernels: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure_policies(args.model, args.weights, target, policies, args.workdir or tmp,
                                     rounds=args.rounds, runtime=args.runtime)
-    ok = [m for m in measured if m.measured_s is not None]
-    for m in measured:
-        if m.error:
-            _say(f"picojoule: policy {m.name} skipped: {m.error}")
-    calibrated, stats = fit_efficiency(graph, target, [m.policy for m in ok], [m.measured_s for m in ok],
-                                       holdout=args.holdout, seed=args.seed, names=[m.name for m in ok],
-                                       measured_on=where)
+        ok = [m for m in measured if m.measured_s is not None]
+        for m in measured:
+            if m.error:
+                _say(f"picojoule: policy {m.name} skipped: {m.error}")
+        calibrated, stats = fit_efficiency(graph, target, [m.policy for m in ok], [m.measured_s for m in ok],
+                                           holdout=args.holdout, seed=args.seed, names=[m.name for m in ok],
+                                           measured_on=where)
+        if args.runtime == "onnxruntime" and args.kernel_policies:
+            calibrated, kernels = _kernel_table(args, graph, calibrated, example, ok, Path(args.workdir or tmp))
     out = Path(args.out or f"{target.name}-calibrated.yaml")
     write_target_yaml(calibrated, out, stats)
     fit_json = out.with_suffix(".fit.json")
-    fit_json.write_text(json.dumps({"stats": stats.to_dict(), "measurements": [m.to_dict() for m in measured]},
-                                   indent=2) + "\n")
+    fit_json.write_text(json.dumps({"stats": stats.to_dict(), "kernels": kernels,
+                                    "measurements": [m.to_dict() for m in measured]}, indent=2) + "\n")
     if args.json:
-        print(json.dumps(stats.to_dict(), indent=2))
+        print(json.dumps({**stats.to_dict(), "kernels": kernels}, indent=2))
     else:
         print(stats.summary())
         print("efficiency: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.efficiency.items())
               + f"; layer overhead {stats.layer_overhead_s * 1e6:.2f} us; channel exponent {stats.channel_exponent:.3f}"
               + "; mode rates "
               + ", ".join(f"{k} {v:.3g}" for k, v in stats.mode_rates.items()))
+        if kernels:
+            print(kernels["summary"])
         print(f"calibrated target: {out} (measurements: {fit_json})")
     return 0
+
+
+def _kernel_table(args: argparse.Namespace, graph: Any, calibrated: Any, example: Any, sampled: list,
+                  workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """The kernel table of ``calibrate --runtime onnxruntime``: design policies built and timed, their kernels
+    profiled in context, the whole-model terms fitted; checked on the sampled policies too. Returns the target
+    with its ``kernels`` section and the figures."""
+    import numpy as np
+
+    from picojoule.compilers.calibrate import measure_policies
+    from picojoule.compilers.kernel_bench import design_policies, fit_kernel_table, measure_kernel_table
+    from picojoule.hwmodels.costs import price
+    from picojoule.compilers.calibrate import _spearman as spearman
+
+    keeps = _keeps(args.keeps)
+    design = design_policies(graph, calibrated, args.kernel_policies, keeps, seed=args.seed)
+    _say(f"picojoule: kernel table: {len(design)} design policies (keeps {', '.join(f'{k:g}' for k in keeps)}; "
+         "W8A8 or float per layer)")
+    built = [m for m in measure_policies(args.model, args.weights, calibrated, design, workdir / "kernels",
+                                         rounds=args.rounds, runtime="onnxruntime") if m.measured_s is not None]
+    table, info = measure_kernel_table(graph, calibrated, [(m.policy, m.onnx) for m in built], example, keeps)
+    fitted, fit = fit_kernel_table(graph, calibrated, table, [m.policy for m in built], [m.measured_s for m in built],
+                                   seed=args.seed)
+    with_table = calibrated.model_copy(update={"kernels": fitted})
+    pred = price(graph, with_table, [m.policy for m in sampled]).total_latency_s
+    meas = np.asarray([m.measured_s for m in sampled])
+    on_sampled = {"n": len(meas), "mape": float(np.mean(np.abs(pred - meas) / meas)),
+                  "spearman": spearman(pred, meas)}
+    summary = (f"kernel table: {info['in_context']} kernel shapes timed in context ({info['policies_profiled']} "
+               f"builds), {info['alone']} alone; out-of-fold on the {fit.n_policies} design policies: MAPE "
+               f"{100 * fit.mape:.1f}%, Spearman {fit.spearman:.3f}; on the {len(meas)} sampled policies (low rank "
+               f"and other keeps fall back to the model): MAPE {100 * on_sampled['mape']:.1f}%, Spearman "
+               f"{on_sampled['spearman']:.3f}")
+    return with_table, {**info, "fit": fit.to_dict(), "on_sampled": on_sampled, "summary": summary,
+                        "design": {m.name: m.measured_s for m in built}}
+
+
+def _keeps(text: str) -> tuple[float, ...]:
+    try:
+        keeps = tuple(sorted({float(v) for v in str(text).split(",") if v.strip()}, reverse=True))
+    except ValueError:
+        keeps = ()
+    if not keeps or not all(0 < k <= 1 for k in keeps):
+        raise PicojouleError(f"calibrate: --keeps: expected comma-separated fractions in (0, 1], got {text!r}")
+    return keeps
 
 
 def run_artifact(args: argparse.Namespace) -> int:
@@ -406,5 +457,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="calibrated target YAML (default: <target>-calibrated.yaml)")
     p.add_argument("--workdir", help="keep the ONNX files here (default: a temporary directory)")
+    p.add_argument("--kernel-policies", type=int, default=32,
+                   help="with --runtime onnxruntime: design policies whose kernels ORT's profiler times in context "
+                   "for the target's kernel table (0: no table)")
+    p.add_argument("--keeps", default="1,0.75,0.5",
+                   help="pruning keeps the kernel table covers (give a search space the same; default 1,0.75,0.5)")
     p.add_argument("--json", action="store_true", help="print the fit statistics as JSON")
     p.set_defaults(func=run_calibrate)

@@ -109,6 +109,8 @@ def finish(model: str, ga: GraphArrays, target: Target, wl: Workload, t_compute:
     times = np.concatenate([t_compute[..., None], t_memory], axis=-1)
     bound = times.argmax(axis=-1)
     latency = times.max(axis=-1) + target.compute.layer_overhead_s
+    if target.kernels is not None:  # measured kernels of the runtime deployed on, where they cover a layer
+        latency, _ = target.kernels.layer_latency(ga, wl, latency)
     static = latency * target.power.static_w
     energy = np.concatenate([e_compute[..., None], e_memory, static[..., None]], axis=-1)
     levels = [m.name for m in target.memory]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from picojoule.hwmodels.kernel_table import KernelTable
 from picojoule.errors import PicojouleError
 from picojoule.hwmodels.parameters import PARAMETERS
 from picojoule.yamlfile import read_yaml, validated
@@ -259,6 +260,9 @@ class Target(_Strict):
     sparsity: Sparsity
     power: Power
     tvm: TVMTarget | None = None
+    kernels: KernelTable | None = Field(
+        default=None, description="measured kernel latencies on the runtime deployed on (picojoule calibrate "
+        "--runtime onnxruntime): latency comes from them where they cover a layer")
     parameters: dict[str, ParameterSpec] | None = Field(
         default=None, description="hardware parameters as ranges or choices (co-design); the file's own figures "
         "are the base point")

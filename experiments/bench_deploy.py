@@ -192,23 +192,41 @@ def searched_row(name: str, args: argparse.Namespace, work: Path, test: Any,
     from picojoule.cli import main as cli
 
     out = work / "searched"
-    result = json.loads((Path(args.search_run) / "result.json").read_text())
-    winner = result["winners"][0]
-    target = result["config"]["target"]
-    assert cli(["compile", str(args.search_run), "--backend", "onnxruntime", "--target", str(target),
+    fields = run_fields(args.search_run)
+    assert cli(["compile", str(args.search_run), "--backend", "onnxruntime", "--target", fields["target"],
                 "--out", str(out)]) == 0
     ort_path = next(out.glob("*.ort.onnx"))
     got = labels_ort(ort_path, test)
-    tuned = winner.get("finetuned") or {}
-    row = {"model": name, "policy": f"{SEARCHED} ({args.search_run}, trial {winner['trial']})",
-           "fake_quant_top1": tuned.get("test_accuracy", winner.get("test_accuracy")),
-           "ort_top1": float((got == test.y).mean()), "ort_agreement": None,
-           "ort_kernels": ort_kernel_counts(str(ort_path)), "predicted_latency_s": winner["metrics"]["latency"],
-           "validation_accuracy": tuned.get("accuracy", winner["metrics"].get("accuracy")),
-           "target": str(target), "constraints": result["config"].get("constraints")}
+    row = {"model": name, **fields, "ort_top1": float((got == test.y).mean()), "ort_agreement": None,
+           "ort_kernels": ort_kernel_counts(str(ort_path))}
     row["ort_integer_macs"] = integer_share(row["ort_kernels"])
     artifacts.append((row, "ort", ort_path))
     return row
+
+
+def run_fields(run: Path) -> dict[str, Any]:
+    """What a search run's result.json says of its chosen winner (not measured here): the policy label, its test
+    top-1 after the final fine-tune (fake-quant), its predicted latency and the run's predicted FP32 latency."""
+    result = json.loads((Path(run) / "result.json").read_text())
+    winner = result["winners"][0]
+    tuned = winner.get("finetuned") or {}
+    return {"policy": f"{SEARCHED} ({run}, trial {winner['trial']})",
+            "fake_quant_top1": (tuned.get("test") or {}).get("after", winner["metrics"].get("test_accuracy")),
+            "validation_accuracy": (tuned.get("validation") or {}).get("after", winner["metrics"].get("accuracy")),
+            "predicted_latency_s": winner["metrics"]["latency"],
+            "predicted_fp32_latency_s": result["baselines"]["fp32"]["latency"],
+            "target": str(result["config"]["target"]), "constraints": result["config"].get("constraints")}
+
+
+def kernel_table_figures(run: Path) -> dict[str, Any] | None:
+    """The kernel table's held-out figures from the search target's calibrate record (``<target>.fit.json``)."""
+    target = Path(run_fields(run)["target"])
+    fit = target.with_suffix(".fit.json")
+    if not fit.is_file():
+        return None
+    kernels = json.loads(fit.read_text()).get("kernels")
+    return None if not kernels else {"target": str(target), "fit": kernels["fit"], "on_sampled": kernels["on_sampled"],
+                                     "in_context": kernels["in_context"], "alone": kernels["alone"]}
 
 
 def test_y(part: dict[str, Any]) -> range:
@@ -301,18 +319,30 @@ def report(result: dict[str, Any]) -> str:
             speed = fp32["ort_latency_s"] / r["ort_latency_s"]
             drop = 100 * (fp32["ort_top1"] - r["ort_top1"])
             lines.append(f"- {model}: the searched latency winner >= 2.5x faster than ORT FP32 within 1 pt: "
-                         f"{speed:.2f}x (predicted {fp32['ort_latency_s'] / r['predicted_latency_s']:.2f}x from the "
-                         f"kernel-table target), top-1 {fmt_pct(r['ort_top1'])} compiled vs FP32 "
-                         f"{fmt_pct(fp32['ort_top1'])} ({drop:+.2f} pt below), "
+                         f"{speed:.2f}x (predicted {r['predicted_fp32_latency_s'] / r['predicted_latency_s']:.2f}x "
+                         f"by `{r['target']}`; {1e6 * r['predicted_latency_s']:.0f} us predicted, "
+                         f"{1e6 * r['ort_latency_s']:.0f} us measured), top-1 {fmt_pct(r['ort_top1'])} compiled "
+                         f"({fmt_pct(r['fake_quant_top1'])} fake-quant after the run's final fine-tune) vs FP32 "
+                         f"{fmt_pct(fp32['ort_top1'])}: {drop:.2f} pt below, "
                          + ("met" if speed >= 2.5 and drop <= 1.0 else "**missed**"))
     if not found:
         lines.append("- the searched latency winner >= 2.5x faster than ORT FP32 within 1 pt: not run (--search-run)")
     lat = result.get("latency")
     if lat:
         best = min(lat["methods"].items(), key=lambda kv: kv[1]["mape"])
-        lines.append(f"- predicted vs measured latency MAPE <= 10% on held-out policies, ORT: best {best[0]} "
-                     f"{100 * best[1]['mape']:.1f}%, " + ("met" if best[1]["mape"] <= 0.10 else "**missed**")
+        lines.append(f"- predicted vs measured latency MAPE <= 10% on held-out policies, ORT, sampled policies "
+                     f"(below): best {best[0]} {100 * best[1]['mape']:.1f}%, "
+                     + ("met" if best[1]["mape"] <= 0.10 else "**missed**")
                      + "; TVM: not run here (bench_calibration.py fits untuned TVM)")
+        kt = result.get("kernel_table")
+        if kt:
+            f, o = kt["fit"], kt["on_sampled"]
+            lines.append(f"- the same, ORT, the kernel table of `{kt['target']}` (the search's target) on the policies "
+                         f"it covers (W8A8 or float per layer, its keeps): {100 * f['mape']:.1f}% out-of-fold, "
+                         f"Spearman {f['spearman']:.3f}, n = {f['n_policies']} design policies, "
+                         + ("met" if f["mape"] <= 0.10 else "**missed**")
+                         + f"; on {o['n']} sampled policies with low rank and 9..16-bit widths, which fall back to "
+                         f"the roofline: {100 * o['mape']:.1f}%, Spearman {o['spearman']:.3f}")
         lines += ["", f"## Latency models on held-out policies (ORT, ResNet-20, n = {lat['n']}, {lat['folds']} folds of "
                   f"{min(lat['held_out_per_fold'])}-{max(lat['held_out_per_fold'])} held out; load "
                   f"{lat['load_avg']:.1f})", "",
@@ -345,7 +375,21 @@ def main() -> int:
     ap.add_argument("--search-run", type=Path, help="a finished search run (e.g. runs/resnet20_host_ort from "
                     "experiments/configs/resnet20_host_ort.yaml) whose winner is compiled and timed with the rest")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_deploy")
+    ap.add_argument("--render", type=Path, help="only write the report of this results JSON again (the fields a "
+                    "--search-run row reads from its run refreshed)")
     args = ap.parse_args()
+    if args.render:
+        result = json.loads(args.render.read_text())
+        for part in result["models"].values():
+            for row in part["rows"]:
+                if row["policy"].startswith(SEARCHED):
+                    row.update(run_fields(Path(row["policy"].split("(", 1)[1].split(",")[0])))
+                    result["kernel_table"] = kernel_table_figures(Path(row["policy"].split("(", 1)[1].split(",")[0]))
+        args.render.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        text = report(result)
+        args.render.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     torch.set_num_threads(1)
     import onnxruntime
 
@@ -364,6 +408,8 @@ def main() -> int:
             result["models"][name] = bench_model(name, args, Path(tmp))
         if args.latency_policies:
             result["latency"] = latency_models(args, Path(tmp))
+    if args.search_run:
+        result["kernel_table"] = kernel_table_figures(args.search_run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     text = report(result)

@@ -355,6 +355,23 @@ def test_deploy_writes_the_ort_artifact_and_compile_cli_runs_it(resnet20, images
     assert "cannot run on digits" in capsys.readouterr().err
 
 
+def test_compile_finds_a_search_runs_data_in_its_config_file(tmp_path):
+    """result.json leaves the data out; compile RUN_DIR reads the run's config.yaml for it (it used noise)."""
+    from picojoule.compilers.commands import _resolve, calibration_batches
+
+    run = tmp_path / "run"
+    run.mkdir()
+    policy = {"default": {"w_bits": 8, "a_bits": 8}, "layers": {}}
+    (run / "result.json").write_text(json.dumps({"config": {"model": "digits"},
+                                                 "winners": [{"trial": 3, "policy": policy}]}))
+    (run / "config.yaml").write_text("model: digits\ndata: {calibration: digits}\n"
+                                     "evaluation: {calibration_images: 64}\n")
+    _, spec, _, name, config = _resolve(run, None, None)
+    assert spec == "digits" and name == "trial_00003" and config["data"] == {"calibration": "digits"}
+    batches, where = calibration_batches(torch.zeros(1, 1, 8, 8), None, config, run)
+    assert sum(len(b) for b in batches) == 64 and "data.calibration" in where
+
+
 def test_compile_calibrates_on_the_runs_own_data(tmp_path):
     from picojoule.compilers.commands import calibration_batches
 

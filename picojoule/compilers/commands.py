@@ -37,6 +37,11 @@ def _chosen_winner(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]
         raise PicojouleError(f"{path}: not a picojoule result ({type(e).__name__}: {e})") from None
     if not winners:
         raise PicojouleError(f"{path}: the search found no feasible policy: give a policy file")
+    saved = run_dir / "config.yaml"  # result.json leaves the data out: the run's own config file has it
+    if "data" not in config and saved.is_file():
+        written = read_yaml(saved, "search run config")
+        if isinstance(written, dict):
+            config = {**config, **{k: written[k] for k in ("data", "evaluation") if k in written}}
     return winners[0], config, path
 
 

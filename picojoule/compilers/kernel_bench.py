@@ -152,8 +152,8 @@ def _build(cfg: KernelConfig, outdir: Path) -> tuple[Path, torch.Tensor]:
 
 
 def profile_kernels(path: str | Path, x: Any, runs: int, workdir: str | Path) -> list[float]:
-    """The 20th percentile of the per-call time (s) of each MAC kernel of the ONNX file ``path`` in ORT on one thread, from its
-    profiler, in the order ORT runs them."""
+    """The 20th percentile of the per-call time (s) of each MAC kernel of the ONNX file ``path`` in ORT on one
+    thread, from its profiler, in the order ORT runs them."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

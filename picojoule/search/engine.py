@@ -222,8 +222,10 @@ class SearchResult:
 # ------------------------------------------------------------------------------------------------- stages
 
 
-def baselines_of(problem: Problem, study: Any, evaluator: Evaluator | None) -> dict[str, dict[str, float]]:
-    """Metrics of the baselines the report and the bounds need; computed once and kept in the study's journal."""
+def baselines_of(problem: Problem, study: Any, evaluator: Evaluator | None, progress: bool = False
+                 ) -> dict[str, dict[str, float]]:
+    """Metrics of the baselines the report and the bounds need; computed once and kept in the study's journal.
+    Their accuracy is measured at the top fidelity rung (with its fine-tune): ``progress`` shows it."""
     stored = study.user_attrs.get("baselines")
     if stored:
         return stored
@@ -234,7 +236,12 @@ def baselines_of(problem: Problem, study: Any, evaluator: Evaluator | None) -> d
     costs = problem.cost(policies)
     out = {n: {m: float(v[i]) for m, v in costs.items()} for i, n in enumerate(names)}
     if evaluator is not None:
-        for name, policy in zip(names, policies):
+        from tqdm import tqdm
+
+        bar = tqdm(list(zip(names, policies)), desc="baselines", unit="policy", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        for name, policy in bar:
+            bar.set_postfix_str(name)
             result, error = safe_evaluate(evaluator, policy)
             if error:
                 raise PicojouleError(f"{problem.source}: baseline '{name}' cannot be evaluated: {error}")
@@ -665,7 +672,7 @@ def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool
                        make_sampler(cfg.strategy, cfg.seed, cfg.strategy_options, where), resume)
     executor, evaluator = _executor(problem)
     try:
-        baselines = baselines_of(problem, study, evaluator)
+        baselines = baselines_of(problem, study, evaluator, progress)
         bounds = problem.program.bounds(baselines)
         context = strategy_context(problem, study, baselines, resume, where, run_dir=run_dir, progress=progress)
         strategy = make_strategy(context)

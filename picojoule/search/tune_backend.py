@@ -103,7 +103,7 @@ def run_tune(run_dir: Path, problem: Problem, resume: bool, progress: bool, wher
     started = init_ray(max(cfg.workers, 1), cfg.ray_address, problem.source)
     try:
         evaluator = problem.evaluator() if cfg.needs_accuracy else None
-        baselines = baselines_of(problem, study, evaluator)
+        baselines = baselines_of(problem, study, evaluator, progress)
         bounds = problem.program.bounds(baselines)
         if not resume:
             context = strategy_context(problem, study, baselines, resume, where, run_dir=run_dir, progress=progress)

@@ -40,7 +40,7 @@ def _chosen_winner(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]
     saved = run_dir / "config.yaml"  # result.json leaves the data out: the run's own config file has it
     if "data" not in config and saved.is_file():
         written = read_yaml(saved, "search run config")
-        if isinstance(written, dict):
+        if isinstance(written, dict) and written.get("data"):  # a run from Python keeps its data as objects
             config = {**config, **{k: written[k] for k in ("data", "evaluation") if k in written}}
     return winners[0], config, path
 

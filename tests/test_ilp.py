@@ -247,9 +247,19 @@ def test_sensitivity_prior_steers_nsga2_towards_the_ilp_choices(tmp_path: Path) 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml"))
                          + [Path(__file__).resolve().parents[1] / "examples" / "r20-eyeriss.yaml"],
                          ids=lambda p: p.name)
-def test_shipped_configs_validate_and_start_from_the_ilp(path: Path) -> None:
+def test_shipped_configs_validate_and_start_from_the_ilp(path: Path, tmp_path: Path) -> None:
+    import yaml
+
     from picojoule.search.config import load_config
 
+    raw = yaml.safe_load(path.read_text())
+    target = str(raw.get("target", ""))
+    if target.endswith(".yaml") and not Path(target).is_file():
+        # a target this machine's calibrate makes (resnet20_host_ort.yaml): the config says how; check the rest
+        assert "picojoule calibrate" in path.read_text() and f"--out {target}" in path.read_text()
+        stand_in = tmp_path / path.name
+        stand_in.write_text(yaml.safe_dump({**raw, "target": "host"}))
+        path = stand_in
     cfg = load_config(path)
     assert cfg.warm_start[0] == "ilp" or cfg.strategy == "ilp"
 

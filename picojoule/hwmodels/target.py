@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from picojoule.hwmodels.kernel_table import KernelTable
 from picojoule.errors import PicojouleError
+from picojoule.hwmodels.kernel_table import KernelTable
 from picojoule.hwmodels.parameters import PARAMETERS
 from picojoule.yamlfile import read_yaml, validated
 

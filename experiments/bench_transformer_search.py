@@ -17,12 +17,15 @@ Cases (the bounds the issue names):
 
 Space: per linear layer weights and activations at 4, 8 or 16 bits, channel keeps of the MLP hidden groups and
 the attention heads 0.5/0.75/1, low rank at 1/4 and 1/2, sparsity; no layer pinned (``pin_first_last: false``:
-a transformer has no stem or classifier to protect). The compression passes are the search's generic ones
-(per-channel round-to-nearest weights, calibrated per-tensor activations, magnitude pruning); the LLM passes of
-``picojoule.spaces.linear_ptq`` (GPTQ, SmoothQuant, group-wise scales, Wanda) are not search knobs yet.
+a transformer has no stem or classifier to protect). ``--recipe`` says how a policy's bits are applied to the
+linear layers: ``llm`` (``evaluation.linear_quant``: GPTQ weights in groups of 128, per-token activations, a
+block Hadamard rotation of each linear's inputs) or ``generic`` (per-channel round-to-nearest weights, calibrated
+per-tensor activations). ``--strategy ilp`` first measures a label-free sensitivity
+(``picojoule.sensitivity.metric_sensitivity``: the cosine drop per knob on passages of its own, 312 knob
+choices, about 15 minutes) and lets the ILP choose from it; ``nsga2`` starts from the uniform warm starts.
 
-Run from the repository root: ``python experiments/bench_transformer_search.py`` (about 15 minutes on 2 cores
-with the default 40 trials per case). Writes experiments/results/bench_transformer_search.{md,json} and the
+Run from the repository root: ``python experiments/bench_transformer_search.py`` (about 10 minutes per case on
+2 cores with the default 40 trials; ``--strategy ilp`` adds the sensitivity). Writes experiments/results/bench_transformer_search.{md,json} and the
 run directories under runs/bench_transformer_search/.
 """
 
@@ -44,6 +47,7 @@ from picojoule.errors import PicojouleError
 from picojoule.frontends.hf import fidelity, load_hf, pydoc_corpus
 from picojoule.hwmodels.costs import price
 from picojoule.search.baselines import baseline_policy
+from picojoule.sensitivity import metric_sensitivity
 
 RESULTS = Path(__file__).parent / "results"
 SEQ = 128
@@ -55,6 +59,11 @@ CASES: dict[str, tuple[str, str, str, int, str, int]] = {
     "eyeriss": ("eyeriss", "energy", "eyeriss", 1, "energy <= 0.5 * uniform_int8", 32),
 }
 SPACE = {"w_bits": [4, 8, 16], "a_bits": [4, 8, 16], "keep": [0.5, 0.75, 1.0], "rank_fractions": [0.25, 0.5]}
+#: how the search applies a policy's bits to the linear layers (``evaluation.linear_quant``); None: the generic pass
+RECIPES: dict[str, dict[str, Any] | None] = {
+    "llm": {"weights": "gptq", "group_size": 128, "activations": "token", "rotate": True},
+    "generic": None,
+}
 
 
 def embed(module: torch.nn.Module, ids: torch.Tensor, batch: int = 32) -> torch.Tensor:
@@ -80,10 +89,11 @@ def floors(graph: Any, case: str) -> dict[str, float]:
 
 
 def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], trials: int,
-             runs: Path, seed: int, fresh: bool) -> dict[str, Any]:
+             runs: Path, seed: int, fresh: bool, recipe: str = "llm", strategy: str = "nsga2") -> dict[str, Any]:
     target, metric, cost_model, batch, bound, rest = CASES[case]
     module = model.ids_module()
-    run_dir = runs / case
+    run_dir = runs / "-".join([case] + ([recipe] if recipe != "llm" else []) + ([strategy] if strategy != "nsga2" else []))
+    linear_quant = RECIPES[recipe]
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     n_evals = [0]
@@ -97,21 +107,36 @@ def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str
 
     calib = [ids["calibration"][i:i + 16] for i in range(0, len(ids["calibration"]), 16)]
     start, loads = time.perf_counter(), []
+    sens, sens_s = None, 0.0
+    if strategy == "ilp":  # a label-free sensitivity: the fidelity drop per knob, on passages of its own
+        graph = pj.LayerGraph.from_torch(module, ids["calibration"][:1])
+        space = pj.Space(graph, target, {"rest_bits": rest, "pin_first_last": False, "defaults": SPACE})
+
+        def sens_metric(m: torch.nn.Module) -> float:
+            return fidelity(refs["sensitivity"], embed(m, ids["sensitivity"]))["cosine"]
+
+        sens = metric_sensitivity(module, ids["calibration"][:1], space, sens_metric, calib,
+                                  linear_quant=RECIPES[recipe], data_key=f"pydoc sensitivity split "
+                                  f"{len(ids['sensitivity'])} passages", cache_dir=run_dir)
+        sens_s = 0.0 if sens.cached else sens.info["seconds"]["table"]
     try:
         res = pj.search(module, ids["calibration"][:1], target, evaluate=validation, test_evaluate=test,
                         calib_data=calib, constraints=[bound], trials=trials, storage=run_dir,
                         resume=(run_dir / "config.yaml").is_file() or (run_dir / "journal.log").is_file(),
-                        cost_model=cost_model, batch=batch, strategy="nsga2", seed=seed,
+                        cost_model=cost_model, batch=batch, strategy=strategy, seed=seed, sensitivity=sens,
                         space={"rest_bits": rest, "pin_first_last": False, "defaults": SPACE},
-                        warm_start=["uniform_int8", "uniform_w8a16", "uniform_w4a8"], metric_name="cosine",
+                        warm_start=["uniform_int8", "uniform_w8a16", "uniform_w4a8", "uniform_w4a4"],
+                        metric_name="cosine", evaluation={"linear_quant": linear_quant} if linear_quant else None,
                         name=f"minilm-{case}", callbacks=[lambda r: loads.append(os.getloadavg()[0])])
     except PicojouleError as e:
-        return {"case": case, "constraint": bound, "error": str(e), "wall_s": time.perf_counter() - start}
+        return {"case": case, "recipe": recipe, "constraint": bound, "error": str(e),
+                "wall_s": time.perf_counter() - start}
     hw = res.problem.program.hardware[0]
     limit = res.bounds[hw.text]
     counted = [r for r in res.records if r.counted]
     out: dict[str, Any] = {
-        "case": case, "target": target, "constraint": hw.text, "batch": batch, "rest_bits": rest, "bound": limit,
+        "case": case, "recipe": recipe, "strategy": strategy, "sensitivity_s": sens_s,
+        "sensitivity_evaluations": sens.info["evaluations"] if sens else 0, "linear_quant": linear_quant, "target": target, "constraint": hw.text, "batch": batch, "rest_bits": rest, "bound": limit,
         "trials": len(counted), "measured": sum(r.evaluated for r in counted), "front": len(res.front),
         "wall_s": time.perf_counter() - start, "load_avg": float(np.mean(loads)) if loads else os.getloadavg()[0],
         "space": res.problem.space.describe(),
@@ -122,7 +147,7 @@ def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str
     if res.front:
         winner = res.best("accuracy")
         policy = res.policy(winner)
-        compressed = pj.compress(module, ids["calibration"][:1], policy, calib_data=calib)
+        compressed = pj.compress(module, ids["calibration"][:1], policy, calib_data=calib, linear_quant=linear_quant)
         score = fidelity(refs["test"], embed(compressed, ids["test"]))
         layers = [policy.for_layer(layer.name) for layer in res.problem.graph.compute_layers()]
         macs = np.asarray([layer.macs for layer in res.problem.graph.compute_layers()], dtype=float)
@@ -143,30 +168,34 @@ def report(parts: dict[str, Any], floor: dict[str, dict[str, float]], meta: dict
              f"Fidelity (mean cosine of sentence embeddings against the uncompressed model) selects on "
              f"{meta['validation']} validation passages and is reported on {meta['test']} held-out test passages of "
              f"CPython's pydoc topics; activations calibrated on {meta['calibration']} others. NSGA-II, "
-             f"{meta['trials']} trials per case, warm starts uniform W8A8 / W8A16 / W4A8 lowered onto the bound. "
-             "Generic passes (per-channel round-to-nearest weights, calibrated activations, magnitude pruning), no "
-             "fine-tune. Generated by `experiments/bench_transformer_search.py`.", "",
+             f"{meta['trials']} trials per case, warm starts uniform W8A8 / W8A16 / W4A8 (and W4A4 with the llm "
+             "recipe) lowered onto the bound; no fine-tune. Recipe `llm` (`evaluation.linear_quant`): the linear "
+             "layers' weights by GPTQ with one range per 128 inputs, activations with one range per token taken "
+             "at run time, both in a block Walsh-Hadamard rotation of each linear's inputs (QuaRot); `generic`: "
+             "per-channel round-to-nearest weights and calibrated per-tensor activations (an earlier run). "
+             "Magnitude pruning, low rank and sparsity are the same in both. "
+             "Generated by `experiments/bench_transformer_search.py`.", "",
              "## How low each target can go (cost only, ratio to the bound's baseline)", "",
              "| case | " + " | ".join(next(iter(floor.values())).keys()) + " |",
              "|---|" + "---|" * len(next(iter(floor.values()))), ]
     for case, row in floor.items():
         lines.append(f"| {case} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
     lines += ["", "## The searched winners", "",
-              "| case | constraint | batch | winner validation cosine | test cosine | test top-10 overlap | ratio to baseline "
+              "| case | recipe | constraint | batch | winner validation cosine | test cosine | test top-10 overlap | ratio to baseline "
               "| w_bits | a_bits | keep | rank split | sparse | front | trials (measured) | wall min | load | goal (cosine >= 0.98) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, p in parts.items():
         if "error" in p:
-            lines.append(f"| {case} | `{p['constraint']}` | | not run: {p['error']} | | | | | | | | | | | | | missed |")
+            lines.append(f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | `{p['constraint']}` | | not run: {p['error']} | | | | | | | | | | | | | missed |")
             continue
         w = p.get("winner")
         if not w:
-            lines.append(f"| {case} | `{p['constraint']}` | {p['batch']} | no feasible policy measured | | | | | | | | | "
+            lines.append(f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | `{p['constraint']}` | {p['batch']} | no feasible policy measured | | | | | | | | | "
                          f"0 | {p['trials']} ({p['measured']}) | {p['wall_s'] / 60:.1f} | {p['load_avg']:.1f} | missed |")
             continue
         met = (w["test"] or 0) >= GOAL_COSINE
         lines.append(
-            f"| {case} | `{p['constraint']}` | {p['batch']} | {pct(w['validation'])} | {pct(w['test'])} | "
+            f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | `{p['constraint']}` | {p['batch']} | {pct(w['validation'])} | {pct(w['test'])} | "
             f"{w['test_retrieval_overlap']:.3f} | {w['ratio']:.3f} | {w['w_bits']:.2f} | {w['a_bits']:.2f} | "
             f"{w['keep']:.3f} | {w['rank_split']} | {w['sparse']} | {p['front']} | {p['trials']} ({p['measured']}) | "
             f"{p['wall_s'] / 60:.1f} | {p['load_avg']:.1f} | {'met' if met else '**missed**'} |")
@@ -197,6 +226,12 @@ def main() -> int:
     ap.add_argument("--test", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", default="llm", choices=list(RECIPES),
+                    help="how the linear layers are quantized: the LLM recipe (GPTQ g128, per-token activations, "
+                         "Hadamard rotation) or the generic pass (per-channel RTN, per-tensor activations)")
+    ap.add_argument("--strategy", default="nsga2", choices=["nsga2", "ilp"],
+                    help="ilp: guided by a label-free sensitivity (the fidelity drop per knob) on other passages")
+    ap.add_argument("--sensitivity", type=int, default=48, help="passages the ilp's sensitivity is measured on")
     ap.add_argument("--fresh", action="store_true", help="start the run directories anew")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_transformer_search"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the table from the saved JSON")
@@ -209,21 +244,27 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = load_hf("all-MiniLM-L6-v2", SEQ)
     corpus = pydoc_corpus()
-    texts = {"calibration": corpus[:args.calib], "validation": corpus[args.calib:args.calib + args.validation],
-             "test": corpus[-args.test:]}
-    if args.calib + args.validation > len(corpus) - args.test:
+    mid = args.calib + args.validation
+    texts = {"calibration": corpus[:args.calib], "validation": corpus[args.calib:mid],
+             "sensitivity": corpus[mid:mid + args.sensitivity], "test": corpus[-args.test:]}
+    if mid + args.sensitivity > len(corpus) - args.test:
         raise SystemExit(f"the corpus has {len(corpus)} passages: too few for these splits")
     ids = {k: model.tokenize(v)[0] for k, v in texts.items()}
     module = model.ids_module()
-    refs = {k: embed(module, ids[k]) for k in ("validation", "test")}
+    refs = {k: embed(module, ids[k]) for k in ("validation", "sensitivity", "test")}
     graph = pj.LayerGraph.from_torch(module, ids["calibration"][:1])
     cases = list(CASES) if args.case == "all" else [args.case]
     doc = json.loads(out_json.read_text()) if out_json.is_file() else {"parts": {}, "floors": {}}
+    for key in [k for k, v in doc["parts"].items() if "recipe" not in v]:  # runs from before the recipe existed
+        doc["parts"][f"{key}-generic"] = {**doc["parts"].pop(key), "recipe": "generic"}
     for case in cases:
         doc["floors"][case] = floors(graph, case)
         print(case, "floors", json.dumps({k: round(v, 3) for k, v in doc["floors"][case].items()}), flush=True)
-        doc["parts"][case] = run_case(case, model, ids, refs, args.trials, args.runs, args.seed, args.fresh)
-        print(case, json.dumps({k: v for k, v in doc["parts"][case].items() if k not in ("front_points", "baselines")}),
+        key = "-".join([case] + ([args.recipe] if args.recipe != "llm" else [])
+                       + ([args.strategy] if args.strategy != "nsga2" else []))
+        doc["parts"][key] = run_case(case, model, ids, refs, args.trials, args.runs, args.seed, args.fresh, args.recipe,
+                                     args.strategy)
+        print(key, json.dumps({k: v for k, v in doc["parts"][key].items() if k not in ("front_points", "baselines")}),
               flush=True)
     doc["meta"] = {"calibration": args.calib, "validation": args.validation, "test": args.test,
                    "trials": args.trials, "corpus": len(corpus), "graph": repr(graph)}

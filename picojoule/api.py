@@ -91,9 +91,29 @@ def cost(graph: LayerGraph, target: Target | str, policy: Policy | Mapping[str, 
 # ------------------------------------------------------------------------------------------------- compress
 
 
+def _linear_quant(value: Any) -> Any:
+    """A LinearQuant from ``compress``'s ``linear_quant`` (None, a LinearQuant or a mapping of its fields)."""
+    import pydantic
+
+    from picojoule.search.config import LinearQuantConfig
+    from picojoule.spaces.linear_ptq import LinearQuant
+
+    if value is None or isinstance(value, LinearQuant):
+        return value
+    if not isinstance(value, Mapping):
+        raise PicojouleError(f"compress: field 'linear_quant': expected a LinearQuant or a mapping, got "
+                             f"{type(value).__name__}")
+    try:
+        return LinearQuantConfig.model_validate(dict(value)).recipe()
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "linear_quant"
+        raise PicojouleError(f"compress: field 'linear_quant.{field}': {err['msg']}") from None
+
+
 def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str | Path, *, calib_data: Any = None,
              calib_batches: int = 8, graph: LayerGraph | None = None, importance: str = "l1", seed: int = 0,
-             return_info: bool = False, state_dict: Any = None) -> Any:
+             return_info: bool = False, state_dict: Any = None, linear_quant: Any = None) -> Any:
     """A compressed copy of the torch ``model`` (untouched) under ``policy``, ready to use: every compression
     pass applied (prune, low rank, sparsity, quantize), BatchNorm statistics re-estimated after pruning and
     activation ranges calibrated (``calib_batches`` batches of 128), both on ``calib_data``: a torch DataLoader,
@@ -101,28 +121,34 @@ def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str 
     policy prunes or quantizes activations. ``state_dict`` (a mapping, or a file saved by ``torch.save``, such as a
     search's fine-tuned winner ``pareto/trial_NNNNN.pt``) gives the compressed model's weights, BatchNorm
     statistics and activation ranges instead: they are loaded, no repair runs and ``calib_data`` is not needed.
+    ``linear_quant`` (a :class:`picojoule.spaces.linear_ptq.LinearQuant`, or its fields as a mapping, as a
+    search's ``evaluation.linear_quant``) quantizes the linear layers the LLM way from ``calib_data``.
     With ``return_info``, returns ``(model, ApplyInfo)``."""
     import torch
 
     from picojoule.models import load_state
     from picojoule.search.evaluate import as_calibration, repair
     from picojoule.spaces.apply import apply_policy
+    from picojoule.spaces.linear_ptq import recipe_calibration
     from picojoule.spaces.quantize import calibrate_activations
 
     policy = as_policy(policy)
+    recipe = _linear_quant(linear_quant)
     compressed, info = apply_policy(model, example, policy, graph=graph, importance=importance,  # type: ignore[arg-type]
                                     seed=seed)
     if state_dict is not None:
         load_state(compressed, state_dict, "compress: field 'state_dict'")
         compressed.eval()
         return (compressed, info) if return_info else compressed
-    if (info.channels or info.needs_calibration) and calib_data is None:
-        what = "re-estimate BatchNorm after pruning" if info.channels else "calibrate activation ranges"
+    if (info.channels or info.needs_calibration or recipe is not None) and calib_data is None:
+        what = ("re-estimate BatchNorm after pruning" if info.channels else "calibrate activation ranges"
+                if info.needs_calibration else "quantize the linear layers by linear_quant")
         raise PicojouleError(f"compress: field 'calib_data': needed to {what}; pass a DataLoader or batches")
     with torch.random.fork_rng(devices=[]):  # the observers sample with torch's global generator
         torch.manual_seed(seed)
         repair(compressed, as_calibration(calib_data, limit=128 * calib_batches), bn_reestimate=bool(info.channels),
-               calibrate=calibrate_activations if info.needs_calibration else None, calib_batches=calib_batches,
+               calibrate=(recipe_calibration(recipe) if recipe is not None else
+                          calibrate_activations if info.needs_calibration else None), calib_batches=calib_batches,
                seed=seed)
     compressed.eval()
     return (compressed, info) if return_info else compressed

@@ -42,7 +42,7 @@ from picojoule.passes import FIELD_BY_NAME
 from picojoule.policy import LayerPolicy, Policy
 from picojoule.spaces.space import KNOB_KINDS, Knob, Space
 
-__all__ = ["Sensitivity", "converged", "hutchinson_trace", "plot_sensitivity", "sensitivity"]
+__all__ = ["Sensitivity", "converged", "hutchinson_trace", "metric_sensitivity", "plot_sensitivity", "sensitivity"]
 
 CACHE_NAME = "sensitivity.json"
 CACHE_VERSION = 1
@@ -318,6 +318,23 @@ def _read_cache(path: Path, key: dict[str, Any]) -> tuple[Sensitivity | None, st
     return Sensitivity(doc["model"], doc["target"], doc["table"], doc["traces"], doc["info"], cached=True), None
 
 
+def _lookup(cache_dir: str | Path | None, key: dict[str, Any]) -> tuple[Path | None, Sensitivity | None, str | None]:
+    """(the cache file or None, its result when it holds one for ``key``, why it does not: printed as a note)."""
+    path = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
+    if path is None:
+        return None, None, None
+    hit, note = _read_cache(path, key)
+    if hit is None and note:
+        print(f"picojoule: note: {note}", file=sys.stderr)
+    return path, hit, note
+
+
+def _store(path: Path | None, result: Sensitivity) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------------------------- measuring
 
 def _one_knob(knob: Knob, choice: Any, space: Space) -> Policy:
@@ -377,14 +394,9 @@ def sensitivity(model: nn.Module, example: torch.Tensor, target_or_space: Any, d
     key = {"weights": weights_fingerprint(model),
            "data": _sha([_tensor_bytes(sample.x), _tensor_bytes(sample.y), _tensor_bytes(sample.calib.x)]),
            "space": _sha([json.dumps(_space_doc(space)).encode()]), "settings": settings}
-    path = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
-    note = None
-    if path is not None:
-        hit, note = _read_cache(path, key)
-        if hit is not None:
-            return hit
-        if note:
-            print(f"picojoule: note: {note}", file=sys.stderr)
+    path, hit, note = _lookup(cache_dir, key)
+    if hit is not None:
+        return hit
 
     ref = _forward(model, sample.x)
     if ref.dim() != 2 or int(sample.y.max()) >= ref.shape[1] or int(sample.y.min()) < 0:
@@ -466,9 +478,52 @@ def sensitivity(model: nn.Module, example: torch.Tensor, target_or_space: Any, d
             "hessian_iterations": iterations, "seconds": {"table": measured_s,
                                                           "hessian": time.perf_counter() - start - measured_s}}
     result = Sensitivity(graph.name, space.target.name, table, traces, info, note=note)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+    _store(path, result)
+    return result
+
+
+def metric_sensitivity(model: nn.Module, example: torch.Tensor, space: Space, metric: Callable[[nn.Module], float],
+                       calib_data: Any, *, linear_quant: Any = None, data_key: str = "", seed: int = 0,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> Sensitivity:
+    """The sensitivity of a model without labels: per knob and choice, the drop of ``metric(compressed)`` (any
+    score where higher is better, such as the embedding fidelity of a sentence model) when only that knob is
+    compressed, applied as a search applies it (``pj.compress`` with ``calib_data`` and ``linear_quant``).
+    ``loss_increase`` and ``kl`` both hold the drop (below zero where compressing happened to help); there are
+    no Hessian traces. Measure it on data that is neither the validation nor the test split. ``data_key`` names
+    that data in the cache key (``cache_dir``: ``sensitivity.json``, as :func:`sensitivity` keeps it): the
+    metric is a callable, so the cache cannot see its data."""
+    from picojoule.api import compress
+
+    start = time.perf_counter()
+    model = model.eval()
+    graph = space.graph
+    settings = {"measure": "metric", "data": data_key, "linear_quant": repr(linear_quant), "seed": seed}
+    key = {"weights": weights_fingerprint(model), "data": data_key,
+           "space": _sha([json.dumps(_space_doc(space)).encode()]), "settings": settings}
+    path, hit, note = _lookup(cache_dir, key)
+    if hit is not None:
+        return hit
+    with torch.no_grad():
+        base = float(metric(model))
+    work = [(k, c) for k in space.knobs for c in k.choices if c != FIELD_BY_NAME[k.kind].default]
+    drops: dict[tuple[str, Any], float] = {}
+    for knob, choice in tqdm(work, desc="sensitivity", disable=not progress, file=sys.stderr):
+        compressed = compress(model, example, _one_knob(knob, choice, space), calib_data=calib_data, graph=graph,
+                              linear_quant=linear_quant, seed=seed)
+        with torch.no_grad():
+            drops[(knob.name, choice)] = base - float(metric(compressed))
+    table = []
+    for knob in space.knobs:
+        for choice in knob.choices:
+            drop = drops.get((knob.name, choice))
+            row = {"layer": knob.layer, "kind": knob.kind, "choice": choice, "knob": knob.name,
+                   **({"loss_increase": drop, "kl": drop} if drop is not None else _EXACT),
+                   "trace": None, "avg_trace": None}
+            table.append(row)
+    info = {"key": key, "float_metric": base, "evaluations": len(work), "replayed": False, "hessian_iterations": 0,
+            "seconds": {"table": time.perf_counter() - start, "hessian": 0.0}}
+    result = Sensitivity(graph.name, space.target.name, table, {}, info, note=note)
+    _store(path, result)
     return result
 
 

@@ -383,3 +383,19 @@ def test_compile_calibrates_on_the_runs_own_data(tmp_path):
     assert "noise" in where
     with pytest.raises(PicojouleError, match=r"field 'data.calibration'"):
         calibration_batches(example, None, {"data": {"calibration": str(tmp_path / "none.npz")}}, tmp_path)
+
+
+def test_compile_refuses_a_run_whose_linear_layers_took_the_llm_recipe(tmp_path, capsys):
+    """compile builds policies with the generic passes: for a run searched under evaluation.linear_quant that
+    would be another model than the one measured, so it says so in one line instead."""
+    from picojoule.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    policy = {"default": {"w_bits": 8, "a_bits": 8}, "layers": {}}
+    (run / "result.json").write_text(json.dumps({"config": {"model": "digits", "evaluation": {
+        "linear_quant": {"weights": "gptq", "rotate": True}}}, "winners": [{"trial": 0, "policy": policy}]}))
+    assert main(["compile", str(run), "--target", "host", "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'evaluation.linear_quant'" in err[0] and str(run) in err[0]
+    assert not (tmp_path / "out").exists()

@@ -271,3 +271,23 @@ def test_minilm_searches_from_token_ids_against_fp16(minilm: HFModel, texts: lis
     assert res.baselines["fp32"]["accuracy"] > 0.9999
     assert 0.9 < res.baselines["uniform_int8"]["accuracy"] < 0.9999
     assert any(r.evaluated for r in res.records)
+
+
+def test_llm_recipe_keeps_minilm_at_w4a4_where_the_generic_pass_breaks_it(minilm: HFModel, texts: list[str]) -> None:
+    """W4A4 on every linear of the real model: per-channel weights and per-tensor activations (the generic pass)
+    lose most of the embedding; per-token activations in a Hadamard-rotated basis keep it."""
+    module = minilm.ids_module()
+    ids = minilm.tokenize(texts)[0]
+    calib, held = [ids[:16], ids[16:32]], ids[32:56]
+    graph = pj.LayerGraph.from_torch(module, ids[:1])
+    space = pj.Space(graph, "a100", {"rest_bits": 16, "pin_first_last": False,
+                                     "defaults": {"w_bits": [4, 8], "a_bits": [4, 8], "keep": [1.0]}})
+    policy = space.uniform_policy(4, 4)
+    with torch.no_grad():
+        ref = module(held)
+        generic = fidelity(ref, pj.compress(module, ids[:1], policy, calib_data=calib)(held))["cosine"]
+        recipe = pj.compress(module, ids[:1], policy, calib_data=calib,
+                             linear_quant={"weights": "rtn", "activations": "token", "rotate": True})
+        ours = fidelity(ref, recipe(held))["cosine"]
+    assert sum(type(m).__name__ == "RecipeLinear" for m in recipe.modules()) == 36
+    assert ours > 0.9 and ours > generic + 0.1, (generic, ours)

@@ -139,6 +139,11 @@ def run_compile(args: argparse.Namespace) -> int:
     source = Path(args.policy)
     policy, model_spec, weights, name, config = _resolve(source, args.model, args.weights)
     name = args.name or name
+    if ((config or {}).get("evaluation") or {}).get("linear_quant"):
+        raise PicojouleError(f"{source}: field 'evaluation.linear_quant': the search applied its bits to the linear "
+                             "layers by the LLM recipe (GPTQ, per-token activations, rotation), which compile does not "
+                             "build yet; it would build another model. Export it from Python "
+                             "(picojoule.compilers.linear_onnx)")
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     _say(f"[1/3] applying {args.policy} to {model_spec}")
     model, example = load_torch_model(model_spec, weights)

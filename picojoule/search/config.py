@@ -140,6 +140,32 @@ class PredictorConfig(_Strict):
     refit_every: int = Field(5, ge=1, description="new measurements between refits")
 
 
+class LinearQuantConfig(_Strict):
+    """How a policy's bits are applied to linear layers (see :class:`picojoule.spaces.linear_ptq.LinearQuant`):
+    the LLM recipe instead of per-channel round-to-nearest weights and per-tensor activations."""
+
+    weights: Literal["rtn", "gptq"] = Field("gptq", description="weight rounding: round-to-nearest or GPTQ")
+    group_size: int | None = Field(128, description="inputs per weight scale (a power of two; null: per channel)")
+    activations: Literal["tensor", "token"] = Field("token", description="one static input range, or one per token "
+                                                                        "taken at run time")
+    rotate: bool = Field(False, description="a block Walsh-Hadamard rotation of each linear's inputs (QuaRot)")
+    rotate_block: int = Field(128, description="the rotation's block (a power of two)")
+    smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant's migration strength (null: off)")
+    damp: float = Field(0.01, gt=0, lt=1, description="GPTQ's dampening, a fraction of the Hessian's mean diagonal")
+
+    @field_validator("group_size", "rotate_block")
+    @classmethod
+    def _power_of_two(cls, v: int | None) -> int | None:
+        if v is not None and (v < 2 or v & (v - 1)):
+            raise ValueError(f"expected a power of two >= 2, got {v}")
+        return v
+
+    def recipe(self) -> Any:
+        from picojoule.spaces.linear_ptq import LinearQuant
+
+        return LinearQuant(**self.model_dump())
+
+
 class EvaluationConfig(_Strict):
     """The accuracy stage's budget per feasible policy (BatchNorm is re-estimated whenever a policy prunes)."""
 
@@ -151,6 +177,8 @@ class EvaluationConfig(_Strict):
     fidelity: FidelityConfig | None = Field(None, description="multi-fidelity rungs (default: one rung, all "
                                             "validation images after finetune_steps)")
     predictor: PredictorConfig | None = Field(None, description="pre-screening by an accuracy predictor")
+    linear_quant: LinearQuantConfig | None = Field(None, description="the LLM recipe for linear layers (GPTQ, "
+                                                   "group-wise scales, per-token activations, rotation)")
 
     @model_validator(mode="after")
     def _one_fine_tune_setting(self) -> EvaluationConfig:

@@ -294,21 +294,28 @@ def evaluate_policy(
     metric: Metric | None = None, graph: Any = None, calib_data: ArrayDataset | InputBatches | None = None,
     train_data: ArrayDataset | None = None, calib_batches: int = 2,
     finetune_steps: int = 0, finetune_seconds: float | None = None, augment: bool = False, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, linear_quant: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Compress ``model`` with ``policy`` and measure it: apply (prune, low rank, fake-quantize), re-estimate
     BatchNorm after pruning, calibrate activation ranges, optionally fine-tune distilled from ``model``,
-    then ``metric(compressed)`` or else top-1 on ``test_data``. Returns the compressed model and ``evaluate``'s
-    dict plus the real MACs and parameters and what was applied."""
+    then ``metric(compressed)`` or else top-1 on ``test_data``. ``linear_quant`` (a
+    :class:`picojoule.spaces.linear_ptq.LinearQuant`) quantizes the linear layers its way (GPTQ, groups, per-token
+    activations, rotation) from the calibration data. Returns the compressed model and ``evaluate``'s dict plus the
+    real MACs and parameters and what was applied."""
     from picojoule.spaces.apply import apply_policy
     from picojoule.spaces.quantize import calibrate_activations
 
     start = time.perf_counter()
     compressed, info = apply_policy(model, example_input, policy, graph=graph)
+    calibrate = calibrate_activations if info.needs_calibration else None
+    if linear_quant is not None:
+        from picojoule.spaces.linear_ptq import recipe_calibration
+
+        calibrate = recipe_calibration(linear_quant)
     result = evaluate(
         compressed, test_data, metric=metric, calib_data=calib_data, train_data=train_data, seed=seed,
         progress=progress,
-        calibrate=calibrate_activations if info.needs_calibration else None, calib_batches=calib_batches,
+        calibrate=calibrate, calib_batches=calib_batches,
         bn_reestimate=bool(info.channels), finetune_steps=finetune_steps, finetune_seconds=finetune_seconds,
         augment=augment,
         teacher=model if (finetune_steps or finetune_seconds) else None,

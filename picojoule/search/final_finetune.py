@@ -101,6 +101,11 @@ def finetuned_model(result: SearchResult, number: int) -> nn.Module:
     state = result.run_dir / file if file else result.finetuned_states[number]  # type: ignore[operator]
     record = next(r for r in result.records if r.number == number)
     model, _ = apply_policy(problem.model, problem.example, problem.space.decode(record.vec), graph=problem.graph)
+    linear_quant = problem.config.evaluation.linear_quant
+    if linear_quant is not None:
+        from picojoule.spaces.linear_ptq import recipe_shells
+
+        recipe_shells(model, linear_quant.recipe())
     return load_state(model, state, f"trial {number}'s fine-tuned weights").eval()
 
 

@@ -160,7 +160,8 @@ class Evaluator:
                 calib_data=self.calib, train_data=self.train,
                 calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
                 finetune_steps=finetune_steps, finetune_seconds=finetune_seconds, augment=augment, seed=self.seed,
-                progress=progress)
+                progress=progress,
+                linear_quant=self.cfg.linear_quant.recipe() if self.cfg.linear_quant is not None else None)
 
     def __call__(self, policy: Policy, split: str = "validation", rung: int = -1) -> dict[str, Any]:
         """``{"accuracy", "seconds", "images", "finetune_steps"}`` of ``policy`` on ``split`` (validation or test) at

@@ -21,6 +21,9 @@ applies a :class:`LinearPlan` to a copy of a model.
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
 
@@ -28,7 +31,8 @@ import torch
 from torch import nn
 
 from picojoule.errors import PicojouleError
-from picojoule.spaces.quantize import ActivationQuantizer, _fake_quant_weight, _weight_clip_ratio
+from picojoule.spaces.quantize import (ActivationQuantizer, QuantLinear, _fake_quant_weight, _weight_clip_ratio,
+                                       calibrate_activations, passthrough)
 
 
 @dataclass(frozen=True)
@@ -362,5 +366,256 @@ def calibrate_wrapped(model: nn.Module, calibration: list[tuple]) -> None:
         q.freeze()
 
 
-__all__ = ["GroupGrid", "LinearPlan", "compress_linears", "gptq", "quantize_groups", "prune_mask", "SmoothedQuantLinear",
+# ---------------------------------------------------------------------------------------------------------
+# the search's recipe for linear layers: a policy's bits, applied the LLM way
+
+
+@dataclass(frozen=True)
+class LinearQuant:
+    """How the quantize pass applies a policy's ``w_bits``/``a_bits`` to nn.Linear layers (convolutions keep the
+    generic pass: per-channel MSE-clipped weights, per-tensor calibrated inputs).
+
+    * ``weights``: ``"rtn"`` (round-to-nearest) or ``"gptq"`` (:func:`gptq`, from the calibration inputs'
+      Hessian), asymmetric with one range per ``group_size`` inputs of a row (None: per output channel);
+    * ``activations``: ``"tensor"`` (one static range, calibrated as the generic pass does) or ``"token"`` (an
+      asymmetric range per token, taken at run time: the dynamic per-token scheme of LLM W8A8/W4A4 kernels);
+    * ``rotate``: a block-diagonal Walsh-Hadamard rotation ``H`` of each linear's input space, ``W x = (W H^T)(H x)``
+      (QuaRot, Ashkboos et al. 2024): an orthogonal map that spreads outlier channels over their block, so 4-bit
+      activations and weights lose far less. ``H x`` is computed online (``log2(block)`` additions per input
+      element); ``W H^T`` is folded offline. Blocks of ``rotate_block`` (a power of two dividing the width);
+    * ``smooth``: SmoothQuant's migration strength (None: off), applied before the rotation.
+
+    Priced as the policy's bits: the group scales (``32 / group_size`` bits per weight) and the online rotation
+    are not in the cost model."""
+
+    weights: Literal["rtn", "gptq"] = "gptq"
+    group_size: int | None = 128
+    activations: Literal["tensor", "token"] = "token"
+    rotate: bool = False
+    rotate_block: int = 128
+    smooth: float | None = None
+    damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        where = "evaluation.linear_quant"
+        if self.weights not in ("rtn", "gptq"):
+            raise PicojouleError(f"{where}: field 'weights': expected 'rtn' or 'gptq', got {self.weights!r}")
+        if self.activations not in ("tensor", "token"):
+            raise PicojouleError(f"{where}: field 'activations': expected 'tensor' or 'token', got {self.activations!r}")
+        for name in ("group_size", "rotate_block"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 2 or v & (v - 1)):
+                raise PicojouleError(f"{where}: field '{name}': expected a power of two >= 2, got {v!r}")
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise PicojouleError(f"{where}: field 'smooth': expected 0..1 or null, got {self.smooth!r}")
+        if not 0.0 < self.damp < 1.0:
+            raise PicojouleError(f"{where}: field 'damp': expected 0 < damp < 1, got {self.damp!r}")
+
+
+def hadamard(n: int) -> torch.Tensor:
+    """The orthonormal Walsh-Hadamard matrix of order ``n`` (a power of two), by Sylvester's construction."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(n)
+
+
+def _rotation_block(width: int, block: int) -> int:
+    """The largest power of two <= ``block`` that divides ``width`` (1: no rotation)."""
+    b = block
+    while b > 1 and width % b:
+        b //= 2
+    return b
+
+
+class TokenQuantizer(nn.Module):
+    """Asymmetric fake quantization with one range per row of the last dimension (per token), taken from the
+    input itself at run time; nothing to calibrate."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qmax = 2**self.bits - 1
+        lo = x.amin(-1, keepdim=True).clamp(max=0.0)
+        hi = x.amax(-1, keepdim=True).clamp(min=0.0)
+        scale = ((hi - lo) / qmax).clamp_min(1e-8)
+        zero = torch.round(-lo / scale)
+        q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+        if torch.is_grad_enabled():  # straight-through: the gradient of the rounding is 1
+            return x + ((q - zero) * scale - x).detach()
+        return (q - zero) * scale
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per token"
+
+
+class RecipeLinear(nn.Linear):
+    """An nn.Linear quantized by a :class:`LinearQuant`: ``linear(q_a(H (x / s)), W')`` with ``W'`` the fixed
+    fake-quantized weight ``Q(W diag(s) H^T)`` (its values frozen: a fine-tune trains the rest of the model).
+    ``w_bits``/``a_bits`` as the policy gave them; ``group_grid`` is the weight's integer grid when it has
+    one (the int4 export)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, name: str, w_bits: int | None,
+                 a_bits: int | None, activations: str, inv_s: torch.Tensor | None, block: int):
+        out_f, in_f = weight.shape
+        super().__init__(in_f, out_f, bias is not None, device="meta")
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = bias
+        self.layer_name, self.w_bits, self.a_bits, self.block = name, w_bits, a_bits, block
+        self.register_buffer("inv_s", inv_s)
+        self.register_buffer("rotation", hadamard(block) if block > 1 else None)
+        if a_bits is None:
+            self.input_quant: nn.Module = nn.Identity()
+        elif activations == "token":
+            self.input_quant = TokenQuantizer(a_bits)
+        else:
+            self.input_quant = ActivationQuantizer(a_bits, name)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the rotated weight expects it: ``H (x / s)``, unquantized."""
+        if self.inv_s is not None:
+            x = x * self.inv_s
+        if self.rotation is not None:
+            shape = x.shape
+            x = (x.reshape(*shape[:-1], shape[-1] // self.block, self.block) @ self.rotation.T).reshape(shape)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.input_quant(self.transform(x)), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}, rotation block={self.block}, "
+                f"smoothed={self.inv_s is not None}")
+
+
+@torch.no_grad()
+def requantize_linears(model: nn.Module, batches: Iterable[Any], recipe: LinearQuant) -> int:
+    """Replace every fake-quantized linear of ``model`` (a QuantLinear from the quantize pass, holding the policy's
+    bits over its float weight) by a :class:`RecipeLinear` under ``recipe``, from statistics of one pass over
+    ``batches`` (input tensors, or tuples whose first item is the input) with every quantizer of the model let
+    through and every weight float. Returns the layers replaced."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)
+              and (m.w_bits is not None or m.input_quant.bits is not None)]
+    if not layers:
+        return 0
+    batches = list(batches)
+    if not batches:
+        raise PicojouleError("evaluation.linear_quant: needs calibration batches (calib_data)")
+    stats = {n: _Stats(m.in_features, recipe.weights == "gptq" and m.w_bits is not None) for n, m in layers}
+    saved = {n: m.w_bits for n, m in layers}
+    hooks = [m.register_forward_hook(stats[n]) for n, m in layers]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        for _, m in layers:
+            m.w_bits = None  # float weights while the statistics are taken
+        with passthrough(model):
+            device = next(model.parameters()).device
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, m in layers:
+            m.w_bits = saved[n]
+        for m, training in modes.items():
+            m.training = training
+    for name, layer in layers:
+        st, w_bits, a_bits = stats[name], layer.w_bits, layer.input_quant.bits
+        w = layer.weight.detach().float()
+        mask = w != 0
+        mask = mask if not bool(mask.all()) else None  # keep a sparsified layer's zeros
+        s = None
+        if recipe.smooth is not None and a_bits is not None:
+            wmax = w.abs().amax(0).clamp_min(1e-5)
+            s = (st.absmax.clamp_min(1e-5) ** recipe.smooth / wmax ** (1 - recipe.smooth)).clamp(1e-2, 1e2)
+            w = w * s[None, :]
+        # a sparsified layer is not rotated: W H^T would be dense
+        block = _rotation_block(layer.in_features, recipe.rotate_block) if recipe.rotate and mask is None else 1
+        rot = torch.block_diag(*[hadamard(block)] * (layer.in_features // block)) if block > 1 else None
+        if rot is not None:
+            w = w @ rot.T
+        grid = None
+        if w_bits is not None:
+            group = recipe.group_size if recipe.group_size and layer.in_features % recipe.group_size == 0 else None
+            if recipe.weights == "gptq" and st.n and w_bits < 16:  # 16-bit rounding is exact enough
+                h = (st.h / st.n).double()
+                if s is not None:
+                    h = h / s.double()[:, None] / s.double()[None, :]
+                if rot is not None:
+                    h = rot.double() @ h @ rot.double().T
+                w, grid = _cached_gptq(w, h, w_bits, group, recipe.damp, mask)
+            else:
+                w, grid = quantize_groups(w, w_bits, group, return_grid=True)
+                w = w if mask is None else w * mask
+        new = RecipeLinear(w.to(layer.weight.dtype), layer.bias, name, w_bits, a_bits, recipe.activations,
+                           None if s is None else (1.0 / s).to(layer.weight.device), block)
+        if grid is not None and rot is None and s is None:
+            new.group_grid = grid
+        new.train(layer.training)
+        model.set_submodule(name, new)
+    return len(layers)
+
+
+#: GPTQ's results by (weight, Hessian, bits, group, damp, mask): a search measures many policies of one model
+#: whose statistics come from the float model, so a layer at the same bits is rounded the same way each time
+_GPTQ_CACHE: OrderedDict[tuple, tuple[torch.Tensor, GroupGrid]] = OrderedDict()
+_GPTQ_CACHE_SIZE = 160
+
+
+def _digest(t: torch.Tensor | None) -> str:
+    if t is None:
+        return ""
+    return hashlib.blake2b(t.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _cached_gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group: int | None, damp: float,
+                 mask: torch.Tensor | None) -> tuple[torch.Tensor, GroupGrid]:
+    key = (tuple(w.shape), _digest(w), _digest(h), bits, group, damp, _digest(mask))
+    hit = _GPTQ_CACHE.get(key)
+    if hit is None:
+        hit = gptq(w, h, bits, group, damp, mask=mask, return_grid=True)
+        _GPTQ_CACHE[key] = hit
+        while len(_GPTQ_CACHE) > _GPTQ_CACHE_SIZE:
+            _GPTQ_CACHE.popitem(last=False)
+    else:
+        _GPTQ_CACHE.move_to_end(key)
+    return hit[0].clone(), hit[1]
+
+
+def recipe_shells(model: nn.Module, recipe: LinearQuant) -> int:
+    """Replace every fake-quantized linear of ``model`` by a :class:`RecipeLinear` of the structure that
+    :func:`requantize_linears` gives under ``recipe`` (a layer with zeros is taken as sparsified), its values to
+    be loaded from a saved state (a fine-tuned winner): no statistics, no data. Returns the layers replaced."""
+    n = 0
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)
+                        and (m.w_bits is not None or m.input_quant.bits is not None)]:
+        a_bits = layer.input_quant.bits
+        sparse = not bool((layer.weight != 0).all())
+        block = _rotation_block(layer.in_features, recipe.rotate_block) if recipe.rotate and not sparse else 1
+        inv_s = torch.ones(layer.in_features) if recipe.smooth is not None and a_bits is not None else None
+        new = RecipeLinear(layer.weight.detach().clone(), layer.bias, name, layer.w_bits, a_bits, recipe.activations,
+                           inv_s, block)
+        new.train(layer.training)
+        model.set_submodule(name, new)
+        n += 1
+    return n
+
+
+def recipe_calibration(recipe: LinearQuant) -> Callable[[nn.Module, list], int]:
+    """The ``calibrate(model, batches)`` callback of a search or ``compress`` under ``recipe``: the linear layers
+    requantized (:func:`requantize_linears`), then every remaining activation range calibrated."""
+    def calibrate(model: nn.Module, batches: list) -> int:
+        requantize_linears(model, batches, recipe)
+        calibrate_activations(model, batches)
+        return len(batches)
+
+    return calibrate
+
+
+__all__ = ["GroupGrid", "LinearPlan", "LinearQuant", "RecipeLinear", "TokenQuantizer", "hadamard",
+           "recipe_calibration", "recipe_shells", "requantize_linears", "compress_linears", "gptq", "quantize_groups", "prune_mask", "SmoothedQuantLinear",
            "n_m"]

@@ -152,6 +152,8 @@ class LinearQuantConfig(_Strict):
     rotate_block: int = Field(128, description="the rotation's block (a power of two)")
     smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant's migration strength (null: off)")
     damp: float = Field(0.01, gt=0, lt=1, description="GPTQ's dampening, a fraction of the Hessian's mean diagonal")
+    act_clip: float = Field(1.0, gt=0, le=1, description="per-token activations take this fraction of each "
+                                                          "token's range (QuaRot: 0.9)")
 
     @field_validator("group_size", "rotate_block")
     @classmethod

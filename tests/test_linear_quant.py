@@ -48,6 +48,21 @@ def test_token_quantizer_gives_each_token_its_own_grid() -> None:
     assert TokenQuantizer(2)(torch.tensor([[0.0, 1.0, 2.0, 300.0]]))[0, 1] == 0.0  # one row, one range
 
 
+def test_token_quantizer_groups_and_clip() -> None:
+    """``group``: one range per group of a token's inputs (Atom); ``clip``: a fraction of each range."""
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0, 0.0, 100.0, 200.0, 300.0]])
+    assert torch.allclose(TokenQuantizer(2, group=4)(x), x)  # each half of the token on its own grid
+    assert TokenQuantizer(2)(x)[0, 1] == 0.0  # one range for the token: the small half rounds away
+    assert torch.allclose(TokenQuantizer(2, group=3)(x), TokenQuantizer(2)(x))  # 8 inputs: no groups of 3
+    clipped = TokenQuantizer(8, clip=0.5)(torch.tensor([[-4.0, -1.0, 1.0, 4.0]]))  # range [-2, 2], step 4/255
+    assert clipped.abs().max() <= 2.0 + 4 / 255 and abs(float(clipped[0, 2]) - 1.0) < 0.02
+    model, x = _mlp_and_inputs()
+    policy = pj.Space(pj.LayerGraph.from_torch(model, x[:1]), "a100", {"pin_first_last": False}).uniform_policy(4, 4)
+    err = {g: _error(model, pj.compress(model, x[:1], policy, calib_data=[x[:256]],
+                                        linear_quant={"rotate": True, "act_group": g}), x[256:]) for g in (None, 32)}
+    assert err[32] < 0.8 * err[None]  # finer activation ranges: a smaller error at W4A4
+
+
 def test_recipe_beats_the_generic_pass_at_w4a4_and_keeps_sparsity() -> None:
     model, x = _mlp_and_inputs()
     graph = pj.LayerGraph.from_torch(model, x[:1])
@@ -85,6 +100,10 @@ def test_recipe_config_errors_name_the_field() -> None:
         pj.compress(model, x[:1], pj.Policy.from_dict({"default": {"w_bits": 4}}), linear_quant={})
     with pytest.raises(PicojouleError, match=r"field 'activations'"):
         LinearQuant(activations="channel")  # type: ignore[arg-type]
+    with pytest.raises(PicojouleError, match=r"field 'act_group'"):
+        LinearQuant(act_group=48)
+    with pytest.raises(PicojouleError, match=r"linear_quant.act_clip"):
+        pj.compress(model, x[:1], policy, calib_data=[x], linear_quant={"act_clip": 1.5})
 
 
 def test_search_measures_what_compress_gives_under_the_recipe() -> None:

@@ -154,8 +154,10 @@ class LinearQuantConfig(_Strict):
     damp: float = Field(0.01, gt=0, lt=1, description="GPTQ's dampening, a fraction of the Hessian's mean diagonal")
     act_clip: float = Field(1.0, gt=0, le=1, description="per-token activations take this fraction of each "
                                                           "token's range (QuaRot: 0.9)")
+    act_group: int | None = Field(None, description="per-token activations: one range per this many inputs "
+                                                    "(a power of two; null: one per token), as Atom's W4A4")
 
-    @field_validator("group_size", "rotate_block")
+    @field_validator("group_size", "rotate_block", "act_group")
     @classmethod
     def _power_of_two(cls, v: int | None) -> int | None:
         if v is not None and (v < 2 or v & (v - 1)):

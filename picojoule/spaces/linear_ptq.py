@@ -385,7 +385,10 @@ class LinearQuant:
       element); ``W H^T`` is folded offline. Blocks of ``rotate_block`` (a power of two dividing the width);
     * ``smooth``: SmoothQuant's migration strength (None: off), applied before the rotation;
     * ``act_clip``: per-token activations take ``act_clip`` times each token's range (QuaRot clips at 0.9): a
-      little clipping of the outliers buys a finer step for the rest.
+      little clipping of the outliers buys a finer step for the rest;
+    * ``act_group``: per-token activations take one range per ``act_group`` consecutive inputs of a token (None:
+      one per token), as Atom's W4A4 kernels do (Zhao et al. 2024); with ``rotate`` a group of the rotation's
+      block holds one rotated block.
 
     Priced as the policy's bits: the group scales (``32 / group_size`` bits per weight) and the online rotation
     are not in the cost model."""
@@ -398,6 +401,7 @@ class LinearQuant:
     smooth: float | None = None
     damp: float = 0.01
     act_clip: float = 1.0
+    act_group: int | None = None
 
     def __post_init__(self) -> None:
         where = "evaluation.linear_quant"
@@ -405,7 +409,7 @@ class LinearQuant:
             raise PicojouleError(f"{where}: field 'weights': expected 'rtn' or 'gptq', got {self.weights!r}")
         if self.activations not in ("tensor", "token"):
             raise PicojouleError(f"{where}: field 'activations': expected 'tensor' or 'token', got {self.activations!r}")
-        for name in ("group_size", "rotate_block"):
+        for name in ("group_size", "rotate_block", "act_group"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 2 or v & (v - 1)):
                 raise PicojouleError(f"{where}: field '{name}': expected a power of two >= 2, got {v!r}")
@@ -435,13 +439,21 @@ def _rotation_block(width: int, block: int) -> int:
 
 class TokenQuantizer(nn.Module):
     """Asymmetric fake quantization with one range per row of the last dimension (per token), taken from the
-    input itself at run time (``clip`` times its range); nothing to calibrate."""
+    input itself at run time (``clip`` times its range; one range per ``group`` inputs of a token where the width
+    divides into them); nothing to calibrate."""
 
-    def __init__(self, bits: int, clip: float = 1.0):
+    def __init__(self, bits: int, clip: float = 1.0, group: int | None = None):
         super().__init__()
-        self.bits, self.clip = bits, clip
+        self.bits, self.clip, self.group = bits, clip, group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        if g and x.shape[-1] > g and x.shape[-1] % g == 0:
+            shape = x.shape
+            return self._quant(x.reshape(*shape[:-1], shape[-1] // g, g)).reshape(shape)
+        return self._quant(x)
+
+    def _quant(self, x: torch.Tensor) -> torch.Tensor:
         qmax = 2**self.bits - 1
         lo = x.amin(-1, keepdim=True).clamp(max=0.0) * self.clip
         hi = x.amax(-1, keepdim=True).clamp(min=0.0) * self.clip
@@ -453,7 +465,8 @@ class TokenQuantizer(nn.Module):
         return (q - zero) * scale
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, per token" + (f", clip {self.clip}" if self.clip != 1.0 else "")
+        return (f"bits={self.bits}, per token" + (f" in groups of {self.group}" if self.group else "")
+                + (f", clip {self.clip}" if self.clip != 1.0 else ""))
 
 
 class RecipeLinear(nn.Linear):
@@ -464,7 +477,7 @@ class RecipeLinear(nn.Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, name: str, w_bits: int | None,
                  a_bits: int | None, activations: str, inv_s: torch.Tensor | None, block: int,
-                 act_clip: float = 1.0):
+                 act_clip: float = 1.0, act_group: int | None = None):
         out_f, in_f = weight.shape
         super().__init__(in_f, out_f, bias is not None, device="meta")
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -475,7 +488,7 @@ class RecipeLinear(nn.Linear):
         if a_bits is None:
             self.input_quant: nn.Module = nn.Identity()
         elif activations == "token":
-            self.input_quant = TokenQuantizer(a_bits, act_clip)
+            self.input_quant = TokenQuantizer(a_bits, act_clip, act_group)
         else:
             self.input_quant = ActivationQuantizer(a_bits, name)
 
@@ -558,7 +571,8 @@ def requantize_linears(model: nn.Module, batches: Iterable[Any], recipe: LinearQ
                 w, grid = quantize_groups(w, w_bits, group, return_grid=True)
                 w = w if mask is None else w * mask
         new = RecipeLinear(w.to(layer.weight.dtype), layer.bias, name, w_bits, a_bits, recipe.activations,
-                           None if s is None else (1.0 / s).to(layer.weight.device), block, recipe.act_clip)
+                           None if s is None else (1.0 / s).to(layer.weight.device), block, recipe.act_clip,
+                           recipe.act_group)
         if grid is not None and rot is None and s is None:
             new.group_grid = grid
         new.train(layer.training)
@@ -604,7 +618,7 @@ def recipe_shells(model: nn.Module, recipe: LinearQuant) -> int:
         block = _rotation_block(layer.in_features, recipe.rotate_block) if recipe.rotate and not sparse else 1
         inv_s = torch.ones(layer.in_features) if recipe.smooth is not None and a_bits is not None else None
         new = RecipeLinear(layer.weight.detach().clone(), layer.bias, name, layer.w_bits, a_bits, recipe.activations,
-                           inv_s, block, recipe.act_clip)
+                           inv_s, block, recipe.act_clip, recipe.act_group)
         new.train(layer.training)
         model.set_submodule(name, new)
         n += 1

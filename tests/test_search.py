@@ -449,3 +449,12 @@ def test_a_dead_worker_is_retried_once_then_fails(tmp_path: Path, monkeypatch: p
         assert evaluate("after")[1]["accuracy"] == expected  # a fresh worker took the dead one's place
     finally:
         executor.close()
+
+
+def test_policy_plot_labels_drop_the_prefix_every_layer_shares() -> None:
+    from picojoule.search.plots import short_names
+
+    names = ["module.encoder.layer.0.attention.self.query", "module.encoder.layer.5.output.dense"]
+    assert short_names(names) == (["0.attention.self.query", "5.output.dense"], "module.encoder.layer.")
+    assert short_names(["conv1", "layer1.0.conv1"]) == (["conv1", "layer1.0.conv1"], "")
+    assert short_names(["fc.weight"]) == (["fc.weight"], "")  # one layer keeps its whole name

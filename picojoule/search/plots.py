@@ -103,6 +103,16 @@ def plot_front(result: SearchResult, out: Path) -> Path:
     return out
 
 
+def short_names(names: list[str]) -> tuple[list[str], str]:
+    """Layer names without the dotted prefix they all share (``module.encoder.encoder.``), and that prefix."""
+    parts = [n.split(".") for n in names]
+    k = 0
+    while parts and all(len(p) > k + 1 and p[k] == parts[0][k] for p in parts):
+        k += 1
+    prefix = ".".join(parts[0][:k]) + "." if k and len(names) > 1 else ""
+    return ([".".join(p[k:]) for p in parts] if prefix else list(names)), prefix
+
+
 def plot_policy(result: SearchResult, record: TrialRecord, out: Path) -> Path:
     """Per compute layer: weight and activation bits, keep ratio, and rank as a share of full rank."""
     policy = result.policy(record)
@@ -122,7 +132,10 @@ def plot_policy(result: SearchResult, record: TrialRecord, out: Path) -> Path:
                     zip(lps, layers)], color="tab:purple")
     ax_rank.set_ylabel("rank / full rank\n(1: no split)")
     ax_rank.set_ylim(0, 1.05)
-    ax_rank.set_xticks(x, [layer.name for layer in layers], rotation=90, fontsize=6)
+    names, prefix = short_names([layer.name for layer in layers])
+    ax_rank.set_xticks(x, names, rotation=90, fontsize=8)
+    if prefix:
+        ax_rank.set_xlabel(f"layer (names after '{prefix}')", fontsize=9)
     fig.suptitle(f"Policy of trial {record.number}")
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -390,8 +390,10 @@ class LinearQuant:
       one per token), as Atom's W4A4 kernels do (Zhao et al. 2024); with ``rotate`` a group of the rotation's
       block holds one rotated block.
 
-    Priced as the policy's bits: the group scales (``32 / group_size`` bits per weight) and the online rotation
-    are not in the cost model."""
+    Priced as the policy's bits: the weight group scales (``32 / group_size`` bits per weight), the activation
+    group scales (with ``act_group``, a dequantizing multiply-add per group and output element, on A100's CUDA
+    cores about half the time of the group's int4 MACs unless overlapped) and the online rotation are not in
+    the cost model."""
 
     weights: Literal["rtn", "gptq"] = "gptq"
     group_size: int | None = 128

@@ -206,7 +206,7 @@ def report(parts: dict[str, Any], floor: dict[str, dict[str, float]], meta: dict
             f"{w['test_retrieval_overlap']:.3f} | {w['ratio']:.3f} | {w['w_bits']:.2f} | {w['a_bits']:.2f} | "
             f"{w['keep']:.3f} | {w['rank_split']} | {w['sparse']} | {p['front']} | {p['trials']} ({p['measured']}) | "
             f"{p['wall_s'] / 60:.1f} ({p.get('sensitivity_s', 0) / 60:.1f}) | {p['load_avg']:.1f} | "
-            f"{'met' if met else '**missed**'} |")
+            f"{('met (group scales not priced)' if (p.get('linear_quant') or {}).get('group_size') else 'met') if met else '**missed**'} |")
     lines += ["", "Fronts (validation cosine, test cosine, ratio to the baseline):", ""]
     for case, p in parts.items():
         pts = sorted(p.get("front_points", []), key=lambda q: q["ratio"])

@@ -108,7 +108,7 @@ def _linear_quant(value: Any) -> Any:
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "linear_quant"
-        raise PicojouleError(f"compress: field 'linear_quant.{field}': {err['msg']}") from None
+        raise PicojouleError(f"compress: field 'linear_quant.{field}': {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str | Path, *, calib_data: Any = None,

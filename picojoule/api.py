@@ -74,16 +74,20 @@ class CostReport:
 
 def cost(graph: LayerGraph, target: Target | str, policy: Policy | Mapping[str, Any] | str | Path | None = None, *,
          cost_model: str = "roofline", batch: int = 1, pue: float = DEFAULT_PUE,
-         grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> CostReport:
+         grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH, linear_quant: Any = None) -> CostReport:
     """``policy`` (None: float32) on ``target`` (a Target, a bundled name or a YAML path) by ``cost_model``
-    (roofline or eyeriss), per inference of ``batch`` inputs. The policy is validated against the graph."""
+    (roofline or eyeriss), per inference of ``batch`` inputs. The policy is validated against the graph.
+    ``linear_quant`` (as :func:`compress` takes it) prices the linear layers as that recipe deploys them, with
+    their scales, rescales, ranges and rotation (:mod:`picojoule.hwmodels.scales`)."""
+    from picojoule.hwmodels.scales import ScaleFormat
     from picojoule.spaces.formats import validate_policy
 
     if cost_model not in COST_MODELS:
         raise PicojouleError(f"cost: unknown cost model '{cost_model}': expected one of {', '.join(COST_MODELS)}")
     target, policy = load_target(target), as_policy(policy)
     validate_policy(policy, graph)
-    doc = report(graph, price(graph, target, policy, model=cost_model, batch=batch), pue=pue,
+    scales = ScaleFormat.of(_linear_quant_config(linear_quant, "cost")) if linear_quant is not None else None
+    doc = report(graph, price(graph, target, policy, model=cost_model, batch=batch, scales=scales), pue=pue,
                  grid_g_per_kwh=grid_g_per_kwh)
     return CostReport(doc["model"], doc["target"], doc["cost_model"], doc["total"], doc["layers"])
 
@@ -91,24 +95,32 @@ def cost(graph: LayerGraph, target: Target | str, policy: Policy | Mapping[str, 
 # ------------------------------------------------------------------------------------------------- compress
 
 
-def _linear_quant(value: Any) -> Any:
-    """A LinearQuant from ``compress``'s ``linear_quant`` (None, a LinearQuant or a mapping of its fields)."""
+def _linear_quant_config(value: Any, where: str) -> Any:
+    """``value`` (a LinearQuant, or a mapping of its fields) checked: the LinearQuant itself, or the mapping as a
+    LinearQuantConfig (without importing torch); a one-line error naming ``where``'s field otherwise."""
     import pydantic
 
     from picojoule.search.config import LinearQuantConfig
-    from picojoule.spaces.linear_ptq import LinearQuant
 
-    if value is None or isinstance(value, LinearQuant):
+    if type(value).__name__ == "LinearQuant" and hasattr(value, "act_group"):
         return value
     if not isinstance(value, Mapping):
-        raise PicojouleError(f"compress: field 'linear_quant': expected a LinearQuant or a mapping, got "
+        raise PicojouleError(f"{where}: field 'linear_quant': expected a LinearQuant or a mapping, got "
                              f"{type(value).__name__}")
     try:
-        return LinearQuantConfig.model_validate(dict(value)).recipe()
+        return LinearQuantConfig.model_validate(dict(value))
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "linear_quant"
-        raise PicojouleError(f"compress: field 'linear_quant.{field}': {err['msg'].removeprefix('Value error, ')}") from None
+        raise PicojouleError(f"{where}: field 'linear_quant.{field}': {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _linear_quant(value: Any) -> Any:
+    """A LinearQuant from ``compress``'s ``linear_quant`` (None, a LinearQuant or a mapping of its fields)."""
+    if value is None:
+        return None
+    checked = _linear_quant_config(value, "compress")
+    return checked.recipe() if hasattr(checked, "recipe") else checked
 
 
 def compress(model: Any, example: Any, policy: Policy | Mapping[str, Any] | str | Path, *, calib_data: Any = None,

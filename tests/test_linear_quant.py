@@ -10,6 +10,8 @@ from torch import nn
 
 import picojoule as pj
 from picojoule.errors import PicojouleError
+from picojoule.hwmodels.costs import price
+from picojoule.hwmodels.scales import ScaleFormat
 from picojoule.spaces.linear_ptq import LinearQuant, RecipeLinear, TokenQuantizer, hadamard
 from picojoule.spaces.quantize import QuantLinear
 
@@ -128,6 +130,12 @@ def test_search_measures_what_compress_gives_under_the_recipe() -> None:
     generic = fidelity(pj.compress(model, x[:1], policy, calib_data=[x[:256]]).eval())
     assert record.metrics["accuracy"] == pytest.approx(ours, abs=1e-6)
     assert ours > generic
+    # the search prices what the recipe deploys: its group scales, rescales, ranges and rotation
+    fmt = res.problem.scales
+    assert fmt == ScaleFormat(64, True, None, 128)
+    priced = price(res.problem.graph, "a100", policy, scales=fmt).total_latency_s[0]
+    assert record.metrics["latency"] == pytest.approx(priced)
+    assert priced > price(res.problem.graph, "a100", policy).total_latency_s[0]
     assert np.isfinite(ours)
 
 

@@ -1,4 +1,4 @@
-"""What both cost models share: the result arrays, compute time and compute energy."""
+"""What the cost models share: the result arrays, compute time and compute energy."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from picojoule.hwmodels.scales import vector_energy, vector_time
 from picojoule.hwmodels.target import OP_KINDS, Target
 from picojoule.hwmodels.workload import GraphArrays, Workload
 
@@ -90,13 +91,14 @@ def compute_time(ga: GraphArrays, target: Target, wl: Workload) -> np.ndarray:
     c = target.compute
     eff = np.asarray([c.efficiency[k] for k in OP_KINDS])[ga.kind]
     work = wl.macs * _sparse_factor(target.sparsity.skips, wl) + wl.ops
-    return work / (wl.peak_macs_per_s * eff) * channel_scale(wl, c.channel_exponent, c.reference_channels)
+    return (work / (wl.peak_macs_per_s * eff) * channel_scale(wl, c.channel_exponent, c.reference_channels)
+            + vector_time(ga, target, wl))
 
 
 def compute_energy(target: Target, wl: Workload) -> np.ndarray:
-    """Joules of arithmetic: MACs (minus gated zeros) plus element-wise ops."""
+    """Joules of arithmetic: MACs (minus gated zeros) plus element-wise ops, plus a scale format's vector ops."""
     macs = wl.macs * _sparse_factor(target.sparsity.gates, wl)
-    return (macs + wl.ops * ELEMENTWISE_ENERGY_RATIO) * wl.mac_energy_pj * 1e-12
+    return (macs + wl.ops * ELEMENTWISE_ENERGY_RATIO) * wl.mac_energy_pj * 1e-12 + vector_energy(target, wl)
 
 
 def finish(model: str, ga: GraphArrays, target: Target, wl: Workload, t_compute: np.ndarray,

@@ -11,6 +11,7 @@ from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.eyeriss import eyeriss
 from picojoule.hwmodels.hierarchy import hierarchy
 from picojoule.hwmodels.roofline import roofline
+from picojoule.hwmodels.scales import ScaleFormat
 from picojoule.hwmodels.target import Target, load_target
 from picojoule.hwmodels.workload import graph_arrays, policy_batch, workload
 from picojoule.policy import PolicyBatch
@@ -20,8 +21,9 @@ COST_MODELS = {"roofline": roofline, "eyeriss": eyeriss, "hierarchy": hierarchy}
 
 
 def price(graph: LayerGraph, target: Target | str, policies: PolicyBatch | Policy | Sequence[Policy] | None = None,
-          model: str = "roofline", batch: int = 1) -> CostResult:
-    """Price a batch of policies (or one, or the float32 baseline when None) on ``target``."""
+          model: str = "roofline", batch: int = 1, scales: ScaleFormat | None = None) -> CostResult:
+    """Price a batch of policies (or one, or the float32 baseline when None) on ``target``; ``scales``: how the
+    quantized linear layers carry their scales (:mod:`picojoule.hwmodels.scales`; None: their bits alone)."""
     if model not in COST_MODELS:
         raise PicojouleError(f"unknown cost model '{model}': expected one of {', '.join(COST_MODELS)}")
     target = load_target(target) if isinstance(target, str) else target
@@ -31,7 +33,7 @@ def price(graph: LayerGraph, target: Target | str, policies: PolicyBatch | Polic
     if isinstance(policies, Policy):
         policies = [policies]
     pb = policies if isinstance(policies, PolicyBatch) else policy_batch(graph, policies)
-    return COST_MODELS[model](ga, target, workload(ga, target, pb, batch))
+    return COST_MODELS[model](ga, target, workload(ga, target, pb, batch, scales))
 
 
 def report(graph: LayerGraph, result: CostResult, i: int = 0, **carbon: float) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from picojoule.hwmodels.common import CostResult, _sparse_factor, compute_energy, compute_time, finish
+from picojoule.hwmodels.scales import vector_time
 from picojoule.hwmodels.target import LOOP_DIMS, Target
 from picojoule.hwmodels.workload import GraphArrays, Workload
 
@@ -513,7 +514,8 @@ def _finish(ga: GraphArrays, target: Target, wl: Workload, r1, w1_, util1, macs1
     # compute: MAC cycles at the unrolling's utilisation where the target gives a dataflow
     if target.dataflow is not None:
         work = wl.macs * _sparse_factor(target.sparsity.skips, wl)
-        t_mac = work / (wl.peak_macs_per_s * np.maximum(util, 1e-9)) + wl.ops / wl.peak_macs_per_s
+        t_mac = (work / (wl.peak_macs_per_s * np.maximum(util, 1e-9)) + wl.ops / wl.peak_macs_per_s
+                 + vector_time(ga, target, wl))
         t_compute = np.where(ga.has_macs, t_mac, compute_time(ga, target, wl))
     else:
         t_compute = compute_time(ga, target, wl)

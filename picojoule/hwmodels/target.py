@@ -74,6 +74,17 @@ class Compute(_Strict):
         "(untuned CPU code), < 0 where narrow ones underfill vector lanes or PEs; 0: efficiency by op kind only",
     )
     reference_channels: int = Field(default=32, ge=1, description="channel count at which the efficiency holds as stated")
+    rescale_ops: float = Field(
+        default=4.0, gt=0,
+        description="ops of the widest mode to rescale one output's partial sum by a group's scales in an integer "
+        "GEMM (picojoule.hwmodels.scales): convert, two scale multiplies and an accumulate are 4",
+    )
+    rescale_source: str | None = Field(default=None, description="where rescale_ops comes from, if not the count")
+    vector_fp16_factor: float = Field(
+        default=1.0, ge=1,
+        description="fp16 element ops the widest mode's vector pipe does per fp32 op (packed half2): the rate of the "
+        "run-time ranges and rotations of picojoule.hwmodels.scales",
+    )
     source: str = Field(min_length=3)
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ import numpy as np
 
 from picojoule.errors import PicojouleError
 from picojoule.graph import LayerGraph
+from picojoule.hwmodels.scales import ScaleFormat, price_scales
 from picojoule.hwmodels.target import OP_KINDS, Target
 from picojoule.passes import FIELD_BY_NAME, PricingState, ordered
 from picojoule.policy import KNOBS, Policy, PolicyBatch, group_keeps
@@ -198,21 +199,25 @@ class Workload:
     two_four: np.ndarray  # whether those zeros are 2:4 (else unstructured)
     sparse: bool  # whether any layer has zero weights
     batch: int = 1
+    vector_ops: np.ndarray | None = None  # ops of a scale format on the widest mode (picojoule.hwmodels.scales)
 
     @property
     def nonzero_weights(self) -> np.ndarray:
         return self.weight_elems - self.zero_weights if self.sparse else self.weight_elems
 
 
-def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -> Workload:
+def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1,
+             scales: ScaleFormat | None = None) -> Workload:
     """Apply the policies in ``pb`` to the graph and the target's datapath widths: each compression pass
-    (:mod:`picojoule.passes`) is a stage that changes the layers' channels, shapes, zeros or widths, in order."""
+    (:mod:`picojoule.passes`) is a stage that changes the layers' channels, shapes, zeros or widths, in order;
+    a scale format (``scales``, :mod:`picojoule.hwmodels.scales`) is the last stage."""
     st = PricingState(ga, target, pb, batch)
     for p in CHANNEL_STAGES:
         p.price(st)
     st.dense()
     for p in OTHER_STAGES:
         p.price(st)
+    vector_ops = price_scales(scales, st, ga) if scales is not None else None
     sparse = st.zeros is not st.zero
     matrices = st.parts[0][0] * st.parts[0][1]
     if len(st.parts) > 1:  # a low-rank split's second half
@@ -223,6 +228,7 @@ def workload(ga: GraphArrays, target: Target, pb: PolicyBatch, batch: int = 1) -
         mid_elems=st.mid, w_bits=st.w_bits, a_bits=st.a_bits, mode_bits=st.mode_bits,
         peak_macs_per_s=st.peak_macs_per_s, mac_energy_pj=st.mac_energy_pj, m=st.cout, c=st.cin, rank=st.rank,
         zero_weights=st.zeros, two_four=st.no if st.pattern is st.zero else st.pattern > 0, sparse=sparse, batch=batch,
+        vector_ops=vector_ops,
         zero_fraction=np.divide(st.zeros, matrices, out=np.zeros_like(st.zeros), where=matrices > 0) if sparse
         else st.zero,
     )

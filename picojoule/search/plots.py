@@ -146,7 +146,7 @@ def plot_energy(result: SearchResult, record: TrialRecord, out: Path) -> Path:
     """The chosen policy's energy by layer and memory level."""
     problem = result.problem
     cost = price(problem.graph, problem.target, result.policy(record), model=problem.config.cost_model,
-                 batch=problem.config.batch)
+                 batch=problem.config.batch, scales=problem.scales)
     fig = new_figure(figsize=(max(6, 0.3 * len(problem.graph) + 3), 5))
     ax = fig.subplots()
     breakdown_axes(ax, report(problem.graph, cost))

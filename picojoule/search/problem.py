@@ -24,6 +24,7 @@ from picojoule.errors import PicojouleError, WeightsError
 from picojoule.graph import LayerGraph, build_graph
 from picojoule.hwmodels.common import CostResult
 from picojoule.hwmodels.costs import price
+from picojoule.hwmodels.scales import ScaleFormat
 from picojoule.hwmodels.target import Target, load_target
 from picojoule.policy import PolicyBatch
 from picojoule.search.config import (DIGITS, VALIDATION_IMAGES, CarveConfig, EvaluationConfig, Objective,
@@ -240,10 +241,17 @@ class Problem:
         return (f"Problem({self.graph.name} on {self.target.name}, {self.space.dim} knobs, "
                 f"objectives={[str(o) for o in self.objectives]})")
 
+    @property
+    def scales(self) -> ScaleFormat | None:
+        """How the evaluation's linear-layer recipe carries its scales, which pricing charges (None: no recipe)."""
+        recipe = self.config.evaluation.linear_quant
+        return ScaleFormat.of(recipe) if recipe is not None else None
+
     def priced(self, policies: PolicyBatch | Sequence[Policy]) -> tuple[dict[str, np.ndarray], CostResult]:
         """(the hardware metrics of N policies, each an (N,) array; the per-layer CostResult), vectorised."""
         pb = policies if isinstance(policies, PolicyBatch) else list(policies)
-        result = price(self.graph, self.target, pb, model=self.config.cost_model, batch=self.config.batch)
+        result = price(self.graph, self.target, pb, model=self.config.cost_model, batch=self.config.batch,
+                       scales=self.scales)
         return cost_metrics(result, self.config.carbon.pue, self.config.carbon.grid_g_per_kwh), result
 
     def cost(self, policies: PolicyBatch | Sequence[Policy]) -> dict[str, np.ndarray]:

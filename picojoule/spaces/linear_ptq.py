@@ -390,10 +390,10 @@ class LinearQuant:
       one per token), as Atom's W4A4 kernels do (Zhao et al. 2024); with ``rotate`` a group of the rotation's
       block holds one rotated block.
 
-    Priced as the policy's bits: the weight group scales (``32 / group_size`` bits per weight), the activation
-    group scales (with ``act_group``, a dequantizing multiply-add per group and output element, on A100's CUDA
-    cores about half the time of the group's int4 MACs unless overlapped) and the online rotation are not in
-    the cost model."""
+    A search prices what the recipe deploys (:mod:`picojoule.hwmodels.scales`, ``ScaleFormat.of(recipe)``): the
+    weight and activation group scales (32 bits per group), the rescale of each group's integer partial sum on the
+    vector pipe, the weight-only dequantization, the run-time ranges and the online rotation; the smoothing and the
+    clip are folded offline and free."""
 
     weights: Literal["rtn", "gptq"] = "gptq"
     group_size: int | None = 128

@@ -20,8 +20,11 @@ the attention heads 0.5/0.75/1, low rank at 1/4 and 1/2, sparsity; no layer pinn
 a transformer has no stem or classifier to protect). ``--recipe`` says how a policy's bits are applied to the
 linear layers: ``llm`` (``evaluation.linear_quant``: GPTQ weights in groups of 128, per-token activations, a
 block Hadamard rotation of each linear's inputs), ``atom`` (``llm`` with one activation range per 128 inputs of
-a token, ``act_group: 128``, as Atom's W4A4 kernels; these scales are not priced) or ``generic`` (per-channel round-to-nearest weights, calibrated
-per-tensor activations). ``--strategy ilp`` first measures a label-free sensitivity
+a token, ``act_group: 128``, as Atom's W4A4 kernels), ``perchannel`` (``llm`` with one weight range per output
+channel, ``group_size: null``: one rescale per output instead of one per group of 128 inputs) or ``generic``
+(per-channel round-to-nearest weights, calibrated per-tensor activations). Under a recipe the search prices its
+scales, rescales, run-time ranges and rotation (``picojoule.hwmodels.scales``); a result from before that
+pricing existed is shown as stale. ``--strategy ilp`` first measures a label-free sensitivity
 (``picojoule.sensitivity.metric_sensitivity``: the cosine drop per knob on passages of its own, 312 knob
 choices, about 15 minutes) and lets the ILP choose from it; ``nsga2`` starts from the uniform warm starts.
 
@@ -47,6 +50,8 @@ import picojoule as pj
 from picojoule.errors import PicojouleError
 from picojoule.frontends.hf import fidelity, load_hf, pydoc_corpus
 from picojoule.hwmodels.costs import price
+from picojoule.hwmodels.scales import ScaleFormat
+from picojoule.search.config import LinearQuantConfig
 from picojoule.search.baselines import baseline_policy
 from picojoule.sensitivity import metric_sensitivity
 
@@ -63,8 +68,10 @@ SPACE = {"w_bits": [4, 8, 16], "a_bits": [4, 8, 16], "keep": [0.5, 0.75, 1.0], "
 #: how the search applies a policy's bits to the linear layers (``evaluation.linear_quant``); None: the generic pass
 RECIPES: dict[str, dict[str, Any] | None] = {
     "llm": {"weights": "gptq", "group_size": 128, "activations": "token", "rotate": True},
-    # llm with one activation range per 128 inputs of a token (Atom's W4A4 kernels; the scales are not priced)
+    # llm with one activation range per 128 inputs of a token (Atom's W4A4 kernels)
     "atom": {"weights": "gptq", "group_size": 128, "activations": "token", "rotate": True, "act_group": 128},
+    # llm with per-channel weight ranges: an integer GEMM rescales once per output, not once per group
+    "perchannel": {"weights": "gptq", "group_size": None, "activations": "token", "rotate": True},
     "generic": None,
 }
 
@@ -74,15 +81,29 @@ def embed(module: torch.nn.Module, ids: torch.Tensor, batch: int = 32) -> torch.
         return torch.cat([module(ids[i:i + batch]).float() for i in range(0, len(ids), batch)])
 
 
-def floors(graph: Any, case: str) -> dict[str, float]:
-    """Reference policies' metric as a ratio to the bound's baseline (cost only), at the case's batch and at 1."""
+def scales_of(recipe: str) -> ScaleFormat | None:
+    """What the search prices for a recipe's scales (None: the generic pass, its bits alone)."""
+    fields = RECIPES[recipe]
+    return ScaleFormat.of(LinearQuantConfig(**fields)) if fields is not None else None
+
+
+def part_key(case: str, recipe: str, strategy: str, repair: bool) -> str:
+    """The name of a run's part in the JSON and of its run directory."""
+    return "-".join([case] + ([recipe] if recipe != "llm" else []) + ([strategy] if strategy != "nsga2" else [])
+                    + (["repair"] if repair else []))
+
+
+def floors(graph: Any, case: str, recipe: str) -> dict[str, float]:
+    """Reference policies' metric as a ratio to the bound's baseline (cost only, the recipe's scales priced), at the
+    case's batch and at 1."""
     target, metric, model, batch, bound, rest = CASES[case]
+    scales = scales_of(recipe)
     space = pj.Space.build(graph, target, {"rest_bits": rest, "pin_first_last": False, "defaults": SPACE})
     base = bound.split("* ")[1]
     out = {}
     for b in sorted({1, batch}):
         def cost(policy: Any) -> float:
-            r = price(graph, target, policy, model=model, batch=b)
+            r = price(graph, target, policy, model=model, batch=b, scales=scales)
             return float((r.total_latency_s if metric == "latency" else r.total_energy_j)[0])
         ref = cost(baseline_policy(base, graph))
         for name, (w, a, keep) in {"W8A8": (8, 8, 1.0), "W4A8": (4, 8, 1.0), "W4A4": (4, 4, 1.0),
@@ -92,10 +113,11 @@ def floors(graph: Any, case: str) -> dict[str, float]:
 
 
 def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], trials: int,
-             runs: Path, seed: int, fresh: bool, recipe: str = "llm", strategy: str = "nsga2") -> dict[str, Any]:
+             runs: Path, seed: int, fresh: bool, recipe: str = "llm", strategy: str = "nsga2",
+             repair: bool = False) -> dict[str, Any]:
     target, metric, cost_model, batch, bound, rest = CASES[case]
     module = model.ids_module()
-    run_dir = runs / "-".join([case] + ([recipe] if recipe != "llm" else []) + ([strategy] if strategy != "nsga2" else []))
+    run_dir = runs / part_key(case, recipe, strategy, repair)
     linear_quant = RECIPES[recipe]
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -126,7 +148,7 @@ def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str
         res = pj.search(module, ids["calibration"][:1], target, evaluate=validation, test_evaluate=test,
                         calib_data=calib, constraints=[bound], trials=trials, storage=run_dir,
                         resume=(run_dir / "config.yaml").is_file() or (run_dir / "journal.log").is_file(),
-                        cost_model=cost_model, batch=batch, strategy=strategy, seed=seed, sensitivity=sens,
+                        cost_model=cost_model, batch=batch, strategy=strategy, seed=seed, sensitivity=sens, repair=repair,
                         space={"rest_bits": rest, "pin_first_last": False, "defaults": SPACE},
                         warm_start=["uniform_int8", "uniform_w8a16", "uniform_w4a8", "uniform_w4a4"],
                         metric_name="cosine", evaluation={"linear_quant": linear_quant} if linear_quant else None,
@@ -138,7 +160,8 @@ def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str
     limit = res.bounds[hw.text]
     counted = [r for r in res.records if r.counted]
     out: dict[str, Any] = {
-        "case": case, "recipe": recipe, "strategy": strategy, "sensitivity_s": sens_s,
+        "case": case, "recipe": recipe, "strategy": strategy, "repair": repair, "sensitivity_s": sens_s,
+        "scales_priced": True,
         "sensitivity_evaluations": sens.info["evaluations"] if sens else 0, "linear_quant": linear_quant, "target": target, "constraint": hw.text, "batch": batch, "rest_bits": rest, "bound": limit,
         "trials": len(counted), "measured": sum(r.evaluated for r in counted), "front": len(res.front),
         "wall_s": time.perf_counter() - start, "load_avg": float(np.mean(loads)) if loads else os.getloadavg()[0],
@@ -165,88 +188,111 @@ def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str
     return out
 
 
+def _current(p: dict[str, Any]) -> bool:
+    """Whether a part was priced as it is now: the generic pass (its bits alone), or a recipe with its scales."""
+    return p.get("recipe", "generic") == "generic" or bool(p.get("scales_priced"))
+
+
+def _goal(p: dict[str, Any]) -> str:
+    w = p.get("winner")
+    if not _current(p):
+        return "stale (scales not priced)"
+    return "met" if w and (w["test"] or 0) >= GOAL_COSINE else "**missed**"
+
+
+def _floor(floor: dict[str, dict[str, float]], case: str, recipe: str, key: str) -> float:
+    return floor.get(f"{case} {recipe}", {}).get(key, float("nan"))
+
+
+def _story(parts: dict[str, Any], floor: dict[str, dict[str, float]]) -> str:
+    """The paragraph under the tables, every figure from the results."""
+    out = []
+    a100 = {r: _floor(floor, "a100", r, "W4A4 @ batch 128") for r in RECIPES}
+    if any(np.isfinite(v) for v in a100.values()):
+        out.append("What the a100 bound costs, priced as each recipe deploys: W4A4 on every linear at batch 128 is "
+                   + ", ".join(f"{v:.3f}x fp16 under `{r}`" for r, v in a100.items() if np.isfinite(v))
+                   + f"; W8A8 {_floor(floor, 'a100', 'perchannel', 'W8A8 @ batch 128'):.3f}x under `perchannel`. "
+                   "Weight or activation groups of 128 make an integer GEMM rescale every group's partial sum on "
+                   "the CUDA cores (16 ops per group and output, calibrated to APEX4's measured W4A4-g128 kernels at "
+                   "0.43-0.47x FP16's speed on A100)"
+                   + (", which costs more than the int4 tensor cores save" if a100.get("llm", 0) > 1 else "")
+                   + (f"; per-channel weights with per-token activations leave W4A4 at {a100['perchannel']:.3f}x, "
+                      f"{'inside' if a100['perchannel'] <= 0.5 else 'outside'} the bound by "
+                      f"{abs(0.5 - a100['perchannel']):.3f}." if np.isfinite(a100.get("perchannel", np.nan)) else "."))
+    eyeriss = {r: _floor(floor, "eyeriss", r, "W4A4 @ batch 1") for r in RECIPES}
+    if any(np.isfinite(v) for v in eyeriss.values()):
+        out.append("On eyeriss W4A4 everywhere is " + ", ".join(f"{v:.3f}x INT8 under `{r}`" for r, v in eyeriss.items()
+                                                             if np.isfinite(v)) + ".")
+    for key, p in parts.items():
+        w = p.get("winner")
+        if not _current(p):
+            continue
+        if not w:
+            out.append(f"{key}: no feasible policy was measured ({p.get('error', '')}).".replace(" ()", ""))
+            continue
+        gap = (w["test"] or 0) - GOAL_COSINE
+        out.append(f"{key} ({p.get('strategy', 'nsga2')}): the winner (from {w.get('warm_start') or 'the search'}, "
+                   f"w_bits {w['w_bits']:.2f}, a_bits {w['a_bits']:.2f}, keep {w['keep']:.3f}, "
+                   f"{w['rank_split']} layers split, {w['sparse']} sparse) scores {w['test']:.4f} test cosine at "
+                   f"{w['ratio']:.3f}x: " + (f"met by {gap:.4f}." if gap >= 0 else f"{-gap:.4f} short of the goal."))
+    stale = [k for k, p in parts.items() if not _current(p)]
+    if stale:
+        out.append("Stale (run before the search priced the recipes' scales, so their ratios are too low and not "
+                   "comparable): " + ", ".join(stale) + ".")
+    return " ".join(out)
+
+
 def report(parts: dict[str, Any], floor: dict[str, dict[str, float]], meta: dict[str, Any]) -> str:
     pct = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["# A searched mixed policy for all-MiniLM-L6-v2 (sequence length 128)", "",
              f"Fidelity (mean cosine of sentence embeddings against the uncompressed model) selects on "
              f"{meta['validation']} validation passages and is reported on {meta['test']} held-out test passages of "
              f"CPython's pydoc topics; activations calibrated on {meta['calibration']} others. NSGA-II (or the ILP "
-             f"where the strategy column says so), {meta['trials']} trials per case, warm starts uniform W8A8 / W8A16 / W4A8 (and W4A4 with the llm "
-             "recipe) lowered onto the bound; no fine-tune. Recipe `llm` (`evaluation.linear_quant`): the linear "
-             "layers' weights by GPTQ with one range per 128 inputs, activations with one range per token taken "
-             "at run time, both in a block Walsh-Hadamard rotation of each linear's inputs (QuaRot); `atom`: `llm` with "
-             "one activation range per 128 inputs of a token (Atom's W4A4; the weight and activation scales are not "
-             "priced); `generic`: "
-             "per-channel round-to-nearest weights and calibrated per-tensor activations (an earlier run). "
-             "Magnitude pruning, low rank and sparsity are the same in both. "
-             "Generated by `experiments/bench_transformer_search.py`.", "",
-             "## How low each target can go (cost only, ratio to the bound's baseline)", "",
-             "| case | " + " | ".join(next(iter(floor.values())).keys()) + " |",
-             "|---|" + "---|" * len(next(iter(floor.values()))), ]
-    for case, row in floor.items():
-        lines.append(f"| {case} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+             f"where the strategy column says so), {meta['trials']} trials per case, warm starts uniform W8A8 / "
+             "W8A16 / W4A8 / W4A4 lowered onto the bound; no fine-tune. Recipe `llm` (`evaluation.linear_quant`): "
+             "the linear layers' weights by GPTQ with one range per 128 inputs, activations with one range per "
+             "token taken at run time, both in a block Walsh-Hadamard rotation of each linear's inputs (QuaRot); "
+             "`atom`: `llm` with one activation range per 128 inputs of a token (Atom's W4A4); `perchannel`: `llm` "
+             "with one weight range per output channel; `generic`: per-channel round-to-nearest weights and "
+             "calibrated per-tensor activations. Under a recipe the search prices its scales, their rescales, the "
+             "run-time ranges and the rotation (`picojoule/hwmodels/scales.py`). Magnitude pruning, low rank and "
+             "sparsity are the same under all. Generated by `experiments/bench_transformer_search.py`.", "",
+             "## How low each target can go (cost only, ratio to the bound's baseline, the recipe's scales priced)",
+             ""]
+    if floor:
+        cols = list(next(iter(floor.values())).keys())
+        lines += ["| case and recipe | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for case, row in sorted(floor.items()):
+            lines.append(f"| {case} | " + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in cols) + " |")
     lines += ["", "## The searched winners", "",
               "| case | recipe | strategy | constraint | batch | winner validation cosine | test cosine | test top-10 overlap | ratio to baseline "
               "| w_bits | a_bits | keep | rank split | sparse | front | trials (measured) | wall min (sensitivity) | load "
               "| goal (cosine >= 0.98) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, p in parts.items():
+        head = f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | {p.get('strategy', 'nsga2')}{' + repair' if p.get('repair') else ''} | `{p['constraint']}` |"
         if "error" in p:
-            lines.append(f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | {p.get('strategy', 'nsga2')} | `{p['constraint']}` | | not run: {p['error']} | | | | | | | | | | | | | | missed |")
+            lines.append(f"{head} | not run: {p['error']} | | | | | | | | | | | | | | missed |")
             continue
         w = p.get("winner")
         if not w:
-            lines.append(f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | {p.get('strategy', 'nsga2')} | `{p['constraint']}` | {p['batch']} | no feasible policy measured | | | | | | | | | "
+            lines.append(f"{head} {p['batch']} | no feasible policy measured | | | | | | | | | "
                          f"0 | {p['trials']} ({p['measured']}) | {p['wall_s'] / 60:.1f} | {p['load_avg']:.1f} | "
-                         "missed |")
+                         f"{_goal(p)} |")
             continue
-        met = (w["test"] or 0) >= GOAL_COSINE
         lines.append(
-            f"| {p.get('case', case)} | {p.get('recipe', 'generic')} | {p.get('strategy', 'nsga2')} | `{p['constraint']}` | {p['batch']} | {pct(w['validation'])} | {pct(w['test'])} | "
+            f"{head} {p['batch']} | {pct(w['validation'])} | {pct(w['test'])} | "
             f"{w['test_retrieval_overlap']:.3f} | {w['ratio']:.3f} | {w['w_bits']:.2f} | {w['a_bits']:.2f} | "
             f"{w['keep']:.3f} | {w['rank_split']} | {w['sparse']} | {p['front']} | {p['trials']} ({p['measured']}) | "
-            f"{p['wall_s'] / 60:.1f} ({p.get('sensitivity_s', 0) / 60:.1f}) | {p['load_avg']:.1f} | "
-            f"{('met (group scales not priced)' if (p.get('linear_quant') or {}).get('group_size') else 'met') if met else '**missed**'} |")
+            f"{p['wall_s'] / 60:.1f} ({p.get('sensitivity_s', 0) / 60:.1f}) | {p['load_avg']:.1f} | {_goal(p)} |")
     lines += ["", "Fronts (validation cosine, test cosine, ratio to the baseline):", ""]
     for case, p in parts.items():
         pts = sorted(p.get("front_points", []), key=lambda q: q["ratio"])
-        lines.append(f"- {case}: " + ("; ".join(f"{pct(q['validation'])} / {pct(q['test'])} at {q['ratio']:.3f}x"
-                                                for q in pts) or "empty"))
-    llm = [p for p in parts.values() if p.get("recipe") == "llm" and p.get("winner")]
-    generic = [p for p in parts.values() if p.get("recipe") == "generic" and p.get("winner")]
-    best = max(llm, key=lambda p: p["winner"]["test"] or 0, default=None)
-    w4a4 = floor.get("a100", {}).get("W4A4 @ batch 128")  # the W4A4 warm start lowered: W4A4 on every linear
-    cheap = next((q for p in llm for q in p.get("front_points", []) if w4a4 and abs(q["ratio"] - w4a4) < 1e-3), None)
-    met = [p for p in parts.values() if p.get("winner") and (p["winner"]["test"] or 0) >= GOAL_COSINE]
-    lines += ["", "What the bounds need: 4-bit operands. On a100 at batch 128 W8A8 everywhere is "
-              f"{floor.get('a100', {}).get('W8A8 @ batch 128', float('nan')):.3f}x fp16, so most linears need the "
-              "int4 tensor-core rate, i.e. 4-bit activations too; on eyeriss W4A4 everywhere is "
-              f"{floor.get('eyeriss', {}).get('W4A4 @ batch 1', float('nan')):.3f}x INT8, so the bound needs "
-              "4-bit weights and activations and some pruning. With the generic passes MiniLM does not survive "
-              f"4-bit activations (cosine {max((p['winner']['test'] or 0) for p in generic) if generic else float('nan'):.2f} "
-              "at best). The llm recipe lifts the searched winner to "
-              + (f"{best['winner']['test']:.4f} (test) at {best['winner']['ratio']:.3f}x" if best else "(not run)")
-              + (f"; W4A4 on every linear scores {cheap['test']:.4f} at {cheap['ratio']:.3f}x" if cheap else "")
-              + ("; every winner under it is the W4A8 warm start lowered onto the bound (4-bit activations where "
-                 "it must, 8-bit where it can): no strategy found a mix above it. "
-                 if llm and all((p["winner"].get("warm_start") or "").startswith("uniform_w4a8") for p in llm)
-                 else ". ")
-              + ("".join(f"The {p['recipe']} recipe ({p['strategy']}) meets the goal on {p['case']}: "
-                         f"{p['winner']['test']:.4f} test cosine at {p['winner']['ratio']:.3f}x, a margin of "
-                         f"{p['winner']['test'] - GOAL_COSINE:.4f}, with its group scales (weights: one per "
-                         f"{p['linear_quant'].get('group_size')} inputs, activations: one per "
-                         + (f"{p['linear_quant']['act_group']} inputs of a token" if p['linear_quant'].get('act_group')
-                            else "token")
-                         + ") not priced. " for p in met if p.get("recipe") != "generic")
-                 or "No case meets the goal. ")
-              + "".join(f"On {p['case']} the {p['recipe']} recipe reaches {p['winner']['test']:.4f} at "
-                        f"{p['winner']['ratio']:.3f}x (keep {p['winner']['keep']:.3f}, {p['winner']['rank_split']} "
-                        f"layers split by rank, {p['measured']} of {p['trials']} trials measured feasible), "
-                        f"{GOAL_COSINE - p['winner']['test']:.3f} short: the pruning or low rank that its bound "
-                        "needs beyond W4A4 costs that much. "
-                        for p in parts.values() if p.get("winner") and p.get("recipe") != "generic"
-                        and p["case"] != "a100" and (p["winner"]["test"] or 0) < GOAL_COSINE),
-              "", "Each case's run directory (report.md, plots/front.png, the winners' policies) is under "
+        lines.append(f"- {case}{'' if _current(p) else ' (stale)'}: "
+                     + ("; ".join(f"{pct(q['validation'])} / {pct(q['test'])} at {q['ratio']:.3f}x" for q in pts)
+                        or "empty"))
+    lines += ["", _story(parts, floor), "",
+              "Each case's run directory (report.md, plots/front.png, the winners' policies) is under "
               "runs/bench_transformer_search/.", ""]
     return "\n".join(lines)
 
@@ -255,6 +301,8 @@ def _load(out_json: Path) -> dict[str, Any]:
     doc = json.loads(out_json.read_text()) if out_json.is_file() else {"parts": {}, "floors": {}}
     for key in [k for k, v in doc["parts"].items() if "recipe" not in v]:  # runs from before the recipe existed
         doc["parts"][f"{key}-generic"] = {**doc["parts"].pop(key), "recipe": "generic"}
+    for key in [k for k in doc["floors"] if " " not in k]:  # floors from before the recipes' scales were priced
+        doc["floors"][f"{key} generic"] = doc["floors"].pop(key)
     return doc
 
 
@@ -273,6 +321,8 @@ def main() -> int:
     ap.add_argument("--strategy", default="nsga2", choices=["nsga2", "ilp"],
                     help="ilp: guided by a label-free sensitivity (the fidelity drop per knob) on other passages")
     ap.add_argument("--sensitivity", type=int, default=48, help="passages the ilp's sensitivity is measured on")
+    ap.add_argument("--repair", action="store_true", help="lower infeasible proposals onto the bound and measure "
+                                                          "them instead (the search's repair)")
     ap.add_argument("--fresh", action="store_true", help="start the run directories anew")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_transformer_search"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the table from the saved JSON")
@@ -298,13 +348,14 @@ def main() -> int:
     doc = _load(out_json)
     ran_keys = []
     for case in cases:
-        doc["floors"][case] = floors(graph, case)
-        print(case, "floors", json.dumps({k: round(v, 3) for k, v in doc["floors"][case].items()}), flush=True)
-        key = "-".join([case] + ([args.recipe] if args.recipe != "llm" else [])
-                       + ([args.strategy] if args.strategy != "nsga2" else []))
+        for recipe in RECIPES:  # cost only: every recipe's floors, whichever one runs
+            doc["floors"][f"{case} {recipe}"] = floors(graph, case, recipe)
+        print(case, args.recipe, "floors", json.dumps({k: round(v, 3) for k, v in doc["floors"][f"{case} {args.recipe}"].items()}),
+              flush=True)
+        key = part_key(case, args.recipe, args.strategy, args.repair)
         ran_keys.append(key)
         doc["parts"][key] = run_case(case, model, ids, refs, args.trials, args.runs, args.seed, args.fresh, args.recipe,
-                                     args.strategy)
+                                     args.strategy, args.repair)
         print(key, json.dumps({k: v for k, v in doc["parts"][key].items() if k not in ("front_points", "baselines")}),
               flush=True)
     doc["meta"] = {"calibration": args.calib, "validation": args.validation, "test": args.test,

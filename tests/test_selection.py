@@ -205,3 +205,29 @@ def test_a_strategy_that_only_repeats_gets_untried_policies(tmp_path: Path, monk
     tiny = {**SMALL, "defaults": {**SMALL["defaults"], "sparsity": [0.0]}}  # 4 policies
     res = run_search({**cfg, "space": tiny, "trials": 10}, tmp_path / "tiny", progress=False)
     assert _distinct_counted(res) == (4, 4)  # every policy tried: the search stops short of the budget
+
+
+# ------------------------------------------------------------------------------------------ repair
+
+
+def test_repair_measures_the_lowered_policy_instead_of_spending_a_trial_on_an_infeasible_one(tmp_path: Path) -> None:
+    """Under a tight bound most proposals are infeasible. With repair each one is lowered onto the bounds (HAQ's
+    budget adjustment) and that policy is measured as the next trial: the infeasible proposal is told (NSGA-II
+    learns from it) but not counted, so the budget buys measurements; a resumed search keeps the accounting."""
+    cfg = {**DIGITS, "constraints": ["energy <= 0.45 * uniform_int8"], "trials": 8, "warm_start": []}
+    plain = run_search(cfg, tmp_path / "plain", progress=False)
+    fixed = run_search({**cfg, "repair": True}, tmp_path / "repair", progress=False)
+    counted = [r for r in fixed.records if r.counted]
+    repaired = [r for r in fixed.records if r.repaired]
+    assert len(counted) == 8 and repaired, "a bound this tight should make the sampler propose infeasible policies"
+    assert all(not r.counted and not r.feasible and not r.evaluated for r in repaired)
+    by_from = {r.repaired_from: r for r in fixed.records if r.repaired_from is not None}
+    for r in repaired:  # each repaired proposal led to a measured, feasible, lowered policy
+        lowered = by_from[r.number]
+        assert lowered.counted and lowered.feasible and lowered.evaluated and lowered.number > r.number
+        assert (lowered.vec <= r.vec).all() and (lowered.vec < r.vec).any()  # only lowered (choices are ordered)
+    assert sum(r.evaluated for r in counted) > sum(r.evaluated for r in plain.records if r.counted)
+    assert f"{len(repaired)} infeasible proposals lowered onto the bounds (repair)" in str(fixed)
+    again = run_search({**cfg, "repair": True, "trials": 10}, tmp_path / "repair", resume=True, progress=False)
+    assert sum(r.counted for r in again.records) == 10 and again.new_trials == 2
+    assert sum(r.repaired for r in again.records) >= len(repaired)

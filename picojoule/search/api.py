@@ -35,6 +35,7 @@ def search(
     objectives: Sequence[str] | None = None,
     constraints: Sequence[str] = (),
     trials: int = 100,
+    repair: bool = False,
     storage: str | Path | None = None,
     resume: bool = False,
     cost_model: str = "roofline",
@@ -87,7 +88,7 @@ def search(
     settings = _settings(
         objectives=list(objectives) if objectives is not None
         else ["maximise accuracy", "minimise energy"] if evaluate is not None else ["minimise energy"],
-        constraints=list(constraints), trials=trials, cost_model=cost_model, strategy=strategy,
+        constraints=list(constraints), trials=trials, repair=repair, cost_model=cost_model, strategy=strategy,
         strategy_options=strategy_options or {}, space=space, warm_start=list(warm_start), seed=seed,
         workers=workers, ray_address=ray_address, evaluation=evaluation or {}, final_finetune=final_finetune,
         batch=batch, carbon=carbon or {})

@@ -289,6 +289,9 @@ class SearchSettings(_Strict):
     strategy: Literal[STRATEGIES] = "nsga2"  # type: ignore[valid-type]
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     trials: int = Field(100, ge=1)
+    repair: bool = Field(False, description="lower each proposal that breaks a hardware bound onto the bounds (HAQ's "
+                                            "budget adjustment) and measure that policy instead; the proposal is "
+                                            "told infeasible and not counted")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     final_finetune: FinalFinetuneConfig | None = None
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)

@@ -211,7 +211,10 @@ class SearchResult:
         the engine drew at random instead."""
         repeats = sum(r.duplicate_of is not None for r in self.records)
         drawn = sum(r.drawn is not None for r in self.records)
-        return f"{repeats} repeated proposals not counted, {drawn} drawn at random after {REPEAT_PATIENCE} repeats"
+        line = f"{repeats} repeated proposals not counted, {drawn} drawn at random after {REPEAT_PATIENCE} repeats"
+        if self.config.repair:
+            line += f", {sum(r.repaired for r in self.records)} infeasible proposals lowered onto the bounds (repair)"
+        return line
 
     def __str__(self) -> str:
         return self.summary()
@@ -401,6 +404,11 @@ class _Loop:
         self.images = 0  # validation images measured (this session and the ones before)
         self.live = False  # False while the journal's records are noted, True once this session measures
         self.screen = Screen(problem, strategy.context) if problem.config.evaluation.predictor else None
+        # repair: infeasible proposals lowered onto the bounds, measured instead (queued: the lowered vectors waiting)
+        self.repair = Projector(problem.space, problem.program, bounds,
+                                lambda vecs: problem.cost(problem.space.decode_batch(vecs))) \
+            if problem.config.repair and problem.program.hardware and self.needs_accuracy else None
+        self.queued: set[tuple[int, ...]] = set()
 
     def run(self, records: list[TrialRecord]) -> None:
         for r in records:
@@ -453,6 +461,8 @@ class _Loop:
                     self._draw_untried()
                 continue
             self.repeats = 0
+            if self.repair is not None and not hw_ok[i] and self._repair(handle, vec, metrics):
+                continue
             if not (self.needs_accuracy and hw_ok[i]):
                 self._finish(handle, vec, metrics, None, None)
                 told += 1
@@ -507,6 +517,21 @@ class _Loop:
             if first.evaluated else None
         self._finish(handle, vec, metrics, result, first.error if first.state == "fail" else None, first.number)
 
+    def _repair(self, handle: Any, vec: np.ndarray, metrics: dict[str, float]) -> bool:
+        """Lower an infeasible proposal onto the hardware bounds and queue the lowered policy as the next trial;
+        tell the proposal infeasible, not counted (True). False where the lowered policy is still infeasible or
+        already tried or queued: the proposal is then counted as an infeasible trial, so every proposal either
+        spends the budget or leads to a new measured policy."""
+        fitted = self.repair(vec)
+        key = tuple(int(x) for x in fitted)
+        if key in self.tried or key in self.pending or key in self.queued or (self.repair.violations(fitted[None]) > 0).any():
+            return False
+        self.queued.add(key)
+        self.strategy.study.enqueue_trial(knob_params(self.problem.space, fitted),
+                                          user_attrs={"repaired_from": handle.number})
+        self._finish(handle, vec, metrics, None, None, repaired=True)
+        return True
+
     def _draw_untried(self) -> None:
         """Queue a policy no trial has tried, drawn at random (the strategy only repeated itself); when none is
         left the search stops."""
@@ -525,7 +550,8 @@ class _Loop:
                 "drawn": f"at random: the strategy proposed {REPEAT_PATIENCE} tried policies in a row"})
 
     def _finish(self, handle: Any, vec: np.ndarray, metrics: dict[str, float], result: dict | None,
-                error: str | None, duplicate_of: int | None = None, screened: dict | None = None) -> None:
+                error: str | None, duplicate_of: int | None = None, screened: dict | None = None,
+                repaired: bool = False) -> None:
         """Tell the strategy how the trial went; note it for the bar, the tried policies and the callbacks. A
         ``screened`` trial (not measured) is told its predicted accuracy."""
         full, objectives, constraints = score(self.problem, self.bounds, self.reference, metrics, result,
@@ -536,6 +562,8 @@ class _Loop:
             self.counts["screened"] = self.counts.get("screened", 0) + 1
         if duplicate_of is not None:
             attrs["duplicate_of"] = duplicate_of
+        if repaired:
+            attrs["repaired"] = True
         if error:
             attrs["error"] = error
             self.strategy.tell(handle, [], {}, failed=True, attrs=attrs)
@@ -549,7 +577,8 @@ class _Loop:
             self.strategy.tell(handle, objectives, constraints, attrs=attrs)
             record = TrialRecord(handle.number, "complete", vec, full, constraints, result is not None,
                                  node=attrs.get("node"), duplicate_of=duplicate_of, fidelity=attrs.get("fidelity"),
-                                 screened=screened)
+                                 screened=screened, repaired=repaired,
+                                 repaired_from=handle.user_attrs.get("repaired_from"))
         self.new_trials += record.counted
         self._note(record)
         self.bar.update(int(record.counted))

@@ -159,6 +159,10 @@ class TrialRecord:
     node: str | None = None  # the id of the Ray node that measured it (workers: N)
     duplicate_of: int | None = None  # the trial that first tried this policy (this one is not counted)
     drawn: str | None = None  # why the engine drew this policy instead of the strategy
+    #: an infeasible proposal the engine lowered onto the hardware bounds (``repair``): told, not counted; the
+    #: lowered policy is measured as the next trial, whose ``repaired_from`` names this one
+    repaired: bool = False
+    repaired_from: int | None = None
     #: multi-fidelity: {"rung", "rungs", "accuracies" (one per rung reached), "images", "finetune_steps"}
     fidelity: dict | None = None
     screened: dict | None = None  # not measured: the accuracy predictor's {"predicted", "std", ...}
@@ -181,7 +185,8 @@ class TrialRecord:
     @property
     def counted(self) -> bool:
         """Whether this trial spends one of the budget's trials (a repeat of a tried policy does not)."""
-        return self.state in ("complete", "fail", "pruned") and not self.interrupted and self.duplicate_of is None
+        return (self.state in ("complete", "fail", "pruned") and not self.interrupted and self.duplicate_of is None
+                and not self.repaired)
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -210,7 +215,7 @@ def _record(trial: FrozenTrial, space: Space, tests: dict[str, float], tuned: di
         retry_of=attrs.get("retry_of"), interrupted=trial.state == TrialState.FAIL and "error" not in attrs,
         warm_start=attrs.get("warm_start"), node=attrs.get("node"), duplicate_of=attrs.get("duplicate_of"),
         drawn=attrs.get("drawn"), fidelity=attrs.get("fidelity"),
-        screened=attrs.get("screened"))
+        screened=attrs.get("screened"), repaired=bool(attrs.get("repaired")), repaired_from=attrs.get("repaired_from"))
 
 
 def read_records(study: optuna.Study, space: Space) -> list[TrialRecord]:

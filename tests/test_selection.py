@@ -231,3 +231,30 @@ def test_repair_measures_the_lowered_policy_instead_of_spending_a_trial_on_an_in
     again = run_search({**cfg, "repair": True, "trials": 10}, tmp_path / "repair", resume=True, progress=False)
     assert sum(r.counted for r in again.records) == 10 and again.new_trials == 2
     assert sum(r.repaired for r in again.records) >= len(repaired)
+
+
+def test_resuming_a_run_the_cost_model_now_prices_differently_is_refused(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed run whose stored trials the cost model now prices differently (an upgrade, an edited target)
+    would mix two cost models in one front: one line names the trial and the metric, and nothing is written."""
+    from picojoule.errors import PicojouleError
+    from picojoule.search.problem import Problem
+
+    cfg = {**DIGITS, "trials": 4}
+    run_search(cfg, tmp_path / "run", progress=False)
+    journal = (tmp_path / "run" / "journal.log").read_bytes()
+    original = Problem.priced
+
+    def dearer(self, policies):
+        metrics, result = original(self, policies)
+        return {**metrics, "energy": metrics["energy"] * 1.01}, result
+
+    monkeypatch.setattr(Problem, "priced", dearer)
+    with pytest.raises(PicojouleError, match=r"resume: trial \d+ was priced at energy .* the cost model or the "
+                                             r"target changed") as e:
+        run_search({**cfg, "trials": 6}, tmp_path / "run", resume=True, progress=False)
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "run" / "journal.log").read_bytes() == journal
+    monkeypatch.setattr(Problem, "priced", original)
+    again = run_search({**cfg, "trials": 6}, tmp_path / "run", resume=True, progress=False)
+    assert sum(r.counted for r in again.records) == 6

@@ -85,7 +85,8 @@ def price_scales(fmt: ScaleFormat, st: Any, ga: Any) -> np.ndarray:
     macs = np.asarray(st.macs, dtype=np.float64)
     out = ga.out_elems * st.k_out * st.batch + st.mid  # outputs of both halves of a split layer
     ins = (ga.in_a * st.k_a) * st.batch + st.mid  # inputs of both halves
-    w_bits, a_bits = w0, a0 = st.w_bits, st.a_bits
+    w_bits, a_bits = st.w_bits, st.a_bits
+    a0 = a_bits
     if fmt.weight_group:
         w_bits = np.where(w_q, w_bits + fmt.scale_bits / fmt.weight_group, w_bits)
     if fmt.dynamic:

@@ -662,6 +662,29 @@ def run_search(config: SearchConfig | dict | str | Path | None, out_dir: str | P
     return run_problem(build_problem(cfg, source), run_dir, resume, progress, callbacks)
 
 
+#: the hardware metrics a resumed run's stored trials must still be priced at (relative tolerance below)
+PRICED_METRICS = ("energy", "latency", "size")
+PRICING_RTOL = 1e-6
+
+
+def check_pricing(problem: Problem, records: Sequence[TrialRecord]) -> None:
+    """Refuse to resume a run whose stored trials the cost model now prices differently (picojoule upgraded, a
+    target file edited): the front would mix two cost models. One line names the first trial that differs."""
+    done = [r for r in records if r.state == "complete" and r.vec is not None
+            and all(np.isfinite(r.metrics.get(m, np.nan)) for m in PRICED_METRICS)]
+    if not done:
+        return
+    now = problem.cost(problem.space.decode_batch(np.stack([r.vec for r in done])))
+    for i, r in enumerate(done):
+        for m in PRICED_METRICS:
+            then, current = r.metrics[m], float(now[m][i])
+            if not np.isclose(then, current, rtol=PRICING_RTOL, atol=0.0):
+                raise PicojouleError(
+                    f"{problem.source}: resume: trial {r.number} was priced at {m} {then:.6g} when it ran and {current:.6g} "
+                    "now: the cost model or the target changed since this run started; start a new run directory "
+                    "(or resume with the picojoule version and target file it was run with)")
+
+
 @quiet_optuna()
 def run_problem(problem: Problem, run_dir: Path | None, resume: bool = False, progress: bool = True,
                 callbacks: Sequence[Callback] = (), metric_name: str = "accuracy") -> SearchResult:
@@ -707,6 +730,7 @@ def _search(run_dir: Path | None, problem: Problem, resume: bool, progress: bool
         strategy = make_strategy(context)
         if resume:
             recover_interrupted(study)
+            check_pricing(problem, read_records(study, problem.space))
         else:
             for params, attrs in warm_start_trials(problem, bounds, context):
                 study.enqueue_trial(params, user_attrs=attrs)

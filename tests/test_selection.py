@@ -228,6 +228,9 @@ def test_repair_measures_the_lowered_policy_instead_of_spending_a_trial_on_an_in
         assert (lowered.vec <= r.vec).all() and (lowered.vec < r.vec).any()  # only lowered (choices are ordered)
     assert sum(r.evaluated for r in counted) > sum(r.evaluated for r in plain.records if r.counted)
     assert f"{len(repaired)} infeasible proposals lowered onto the bounds (repair)" in str(fixed)
+    rows = list(csv.DictReader((tmp_path / "repair" / "trials.csv").open()))
+    assert sum(r["repaired"] == "True" for r in rows) == len(repaired)
+    assert {int(r["repaired_from"]) for r in rows if r["repaired_from"]} == {r.number for r in repaired}
     again = run_search({**cfg, "repair": True, "trials": 10}, tmp_path / "repair", resume=True, progress=False)
     assert sum(r.counted for r in again.records) == 10 and again.new_trials == 2
     assert sum(r.repaired for r in again.records) >= len(repaired)

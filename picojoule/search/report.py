@@ -131,7 +131,9 @@ def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
     """One dict per trial: state, metrics (SI units; NaN where not measured), constraint violations (None where
     not told), knob values (None without a vector), and where the trial came from. ``accuracy`` is on the
     validation split (what selected), ``test_accuracy`` on the test split (measured for the front only);
-    ``duplicate_of`` marks a repeat of a tried policy (not counted), ``drawn`` one the engine drew at random."""
+    ``duplicate_of`` marks a repeat of a tried policy (not counted), ``drawn`` one the engine drew at random,
+    ``repaired`` an infeasible proposal lowered onto the bounds (not counted), and ``repaired_from`` on the
+    trial that measured the lowered policy names that proposal."""
     space = result.problem.space
     on_front = {r.number for r in result.front}
     for r in result.records:
@@ -142,7 +144,8 @@ def trial_rows(result: SearchResult) -> Iterator[dict[str, Any]]:
                **{f"violation[{k}]": r.constraints.get(k) for k in result.bounds},
                **{k.name: v for k, v in zip(space.knobs, knobs)},
                "warm_start": r.warm_start, "retry_of": r.retry_of, "interrupted": r.interrupted,
-               "duplicate_of": r.duplicate_of, "drawn": r.drawn, "error": r.error}
+               "duplicate_of": r.duplicate_of, "drawn": r.drawn, "repaired": r.repaired,
+               "repaired_from": r.repaired_from, "error": r.error}
 
 
 def write_trials_csv(result: SearchResult, path: Path) -> Path:

@@ -52,6 +52,7 @@ from picojoule.frontends.hf import fidelity, load_hf, pydoc_corpus
 from picojoule.hwmodels.costs import price
 from picojoule.hwmodels.scales import ScaleFormat
 from picojoule.search.config import LinearQuantConfig
+from picojoule.policy import Policy
 from picojoule.search.baselines import baseline_policy
 from picojoule.sensitivity import metric_sensitivity
 
@@ -109,6 +110,10 @@ def floors(graph: Any, case: str, recipe: str) -> dict[str, float]:
         for name, (w, a, keep) in {"W8A8": (8, 8, 1.0), "W4A8": (4, 8, 1.0), "W4A4": (4, 4, 1.0),
                                    "W4A4 keep 0.5": (4, 4, 0.5)}.items():
             out[f"{name} @ batch {b}"] = cost(space.uniform_policy(w, a, keep)) / ref
+        # the cheapest corner without 4-bit operands: fp16, 2:4 sparse, half the FFN channels
+        corner = Policy.from_dict({"default": {"w_bits": 16, "a_bits": 16, "keep": 0.5, "sparsity": 0.5,
+                                               "sparsity_pattern": "2:4"}})
+        out[f"FP16 2:4 keep 0.5 @ batch {b}"] = cost(space.decode(space.encode(corner))) / ref
     return out
 
 
@@ -219,6 +224,11 @@ def _story(parts: dict[str, Any], floor: dict[str, dict[str, float]]) -> str:
                    + (f"; per-channel weights with per-token activations leave W4A4 at {a100['perchannel']:.3f}x, "
                       f"{'inside' if a100['perchannel'] <= 0.5 else 'outside'} the bound by "
                       f"{abs(0.5 - a100['perchannel']):.3f}." if np.isfinite(a100.get("perchannel", np.nan)) else "."))
+    corner = {r: _floor(floor, "a100", r, "FP16 2:4 keep 0.5 @ batch 128") for r in ("llm", "atom")}
+    if all(np.isfinite(v) for v in corner.values()) and min(a100.get("llm", 0), a100.get("atom", 0)) > 0.5:
+        out.append("Under `llm` and `atom` the cheapest policy without 4-bit operands, FP16 with 2:4 sparsity and "
+                   f"half the FFN channels, is {min(corner.values()):.3f}x, and 4-bit ones cost more: no policy of "
+                   "this space meets the bound with weight groups of 128 on A100.")
     eyeriss = {r: _floor(floor, "eyeriss", r, "W4A4 @ batch 1") for r in RECIPES}
     if any(np.isfinite(v) for v in eyeriss.values()):
         out.append("On eyeriss W4A4 everywhere is " + ", ".join(f"{v:.3f}x INT8 under `{r}`" for r, v in eyeriss.items()
@@ -235,6 +245,16 @@ def _story(parts: dict[str, Any], floor: dict[str, dict[str, float]]) -> str:
                    f"w_bits {w['w_bits']:.2f}, a_bits {w['a_bits']:.2f}, keep {w['keep']:.3f}, "
                    f"{w['rank_split']} layers split, {w['sparse']} sparse) scores {w['test']:.4f} test cosine at "
                    f"{w['ratio']:.3f}x: " + (f"met by {gap:.4f}." if gap >= 0 else f"{-gap:.4f} short of the goal."))
+    for key, p in parts.items():  # what repair changed, against the same case and recipe without it
+        plain = next((q for q in parts.values() if _current(q) and not q.get("repair") and q.get("winner")
+                      and (q.get("case"), q.get("recipe"), q.get("strategy")) == (p.get("case"), p.get("recipe"),
+                                                                                   p.get("strategy"))), None)
+        if p.get("repair") and p.get("winner") and plain:
+            same = abs(p["winner"]["test"] - plain["winner"]["test"]) < 1e-6
+            out.append(f"Repair ({key}) measured {p['measured']} of {p['trials']} trials where the same search "
+                       f"without it measured {plain['measured']}, "
+                       + ("and found the same winner: the lowered proposals scored below it." if same else
+                          f"winner {p['winner']['test']:.4f} against {plain['winner']['test']:.4f}."))
     stale = [k for k, p in parts.items() if not _current(p)]
     if stale:
         out.append("Stale (run before the search priced the recipes' scales, so their ratios are too low and not "
@@ -326,8 +346,17 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="start the run directories anew")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_transformer_search"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the table from the saved JSON")
+    ap.add_argument("--floors", action="store_true", help="recompute every case's and recipe's floors (cost only), "
+                                                          "then rewrite the table")
     args = ap.parse_args()
     out_json = RESULTS / "bench_transformer_search.json"
+    if args.floors:
+        model = load_hf("all-MiniLM-L6-v2", SEQ)
+        graph = pj.LayerGraph.from_torch(model.ids_module(), model.tokenize(pydoc_corpus()[:1])[0][:1])
+        doc = _load(out_json)
+        doc["floors"] = {f"{case} {recipe}": floors(graph, case, recipe) for case in CASES for recipe in RECIPES}
+        out_json.write_text(json.dumps(doc, indent=1))
+        args.report_only = True
     if args.report_only:
         doc = json.loads(out_json.read_text())
         (RESULTS / "bench_transformer_search.md").write_text(report(doc["parts"], doc["floors"], doc["meta"]))

@@ -112,7 +112,8 @@ def _linear_quant_config(value: Any, where: str) -> Any:
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "linear_quant"
-        raise PicojouleError(f"{where}: field 'linear_quant.{field}': {err['msg'].removeprefix('Value error, ')}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PicojouleError(f"{where}: field 'linear_quant.{field}': {msg}") from None
 
 
 def _linear_quant(value: Any) -> Any:

@@ -524,7 +524,8 @@ class _Loop:
         spends the budget or leads to a new measured policy."""
         fitted = self.repair(vec)
         key = tuple(int(x) for x in fitted)
-        if key in self.tried or key in self.pending or key in self.queued or (self.repair.violations(fitted[None]) > 0).any():
+        taken = key in self.tried or key in self.pending or key in self.queued
+        if taken or (self.repair.violations(fitted[None]) > 0).any():
             return False
         self.queued.add(key)
         self.strategy.study.enqueue_trial(knob_params(self.problem.space, fitted),
@@ -680,9 +681,9 @@ def check_pricing(problem: Problem, records: Sequence[TrialRecord]) -> None:
             then, current = r.metrics[m], float(now[m][i])
             if not np.isclose(then, current, rtol=PRICING_RTOL, atol=0.0):
                 raise PicojouleError(
-                    f"{problem.source}: resume: trial {r.number} was priced at {m} {then:.6g} when it ran and {current:.6g} "
-                    "now: the cost model or the target changed since this run started; start a new run directory "
-                    "(or resume with the picojoule version and target file it was run with)")
+                    f"{problem.source}: resume: trial {r.number} was priced at {m} {then:.6g} when it ran and "
+                    f"{current:.6g} now: the cost model or the target changed since this run started; start a new "
+                    "run directory (or resume with the picojoule version and target file it was run with)")
 
 
 @quiet_optuna()

@@ -12,6 +12,7 @@ Cheap, pure code: :func:`cost` imports no torch; :func:`compress` imports what t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,8 @@ def _linear_quant_config(value: Any, where: str) -> Any:
 
     from picojoule.search.config import LinearQuantConfig
 
-    if type(value).__name__ == "LinearQuant" and hasattr(value, "act_group"):
+    linear_ptq = sys.modules.get("picojoule.spaces.linear_ptq")  # not imported: value cannot be a LinearQuant
+    if linear_ptq is not None and isinstance(value, linear_ptq.LinearQuant):
         return value
     if not isinstance(value, Mapping):
         raise PicojouleError(f"{where}: field 'linear_quant': expected a LinearQuant or a mapping, got "

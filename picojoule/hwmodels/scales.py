@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from picojoule.hwmodels.target import OP_KINDS
+
 #: rows (tokens) of a GEMM that share one dequantized copy of a weight tile (CUTLASS/Marlin thread-block tiles)
 TILE_ROWS = 128
 #: vector ops to dequantize one weight element of a weight-only kernel: convert int -> float, fused multiply-add
@@ -67,6 +69,12 @@ class ScaleFormat:
         return cls(weight_group=recipe.group_size, dynamic=dynamic,
                    act_group=recipe.act_group if dynamic else None,
                    rotate_block=recipe.rotate_block if recipe.rotate else None)
+
+
+def rotation_block(width: Any, block: int) -> Any:
+    """The largest power of two up to ``block`` (a power of two) that divides ``width`` (1: no rotation); ``width``
+    an int or an integer array."""
+    return np.minimum(width & -width, block)
 
 
 def _vector_rate(target: Any) -> tuple[float, float]:
@@ -108,7 +116,7 @@ def price_scales(fmt: ScaleFormat, st: Any, ga: Any) -> np.ndarray:
         ops = ops + np.where(a_q, ins * (RANGE_OPS * half), 0.0)
     if fmt.rotate_block:
         width = np.maximum(st.cin * ga.k_area, 1.0).astype(np.int64)
-        block = np.minimum(width & -width, fmt.rotate_block)  # largest power of two dividing the width, capped
+        block = rotation_block(width, fmt.rotate_block)
         rotated = linear & ((w_q | a_q) & (np.asarray(st.zeros) <= 0))
         ops = ops + np.where(rotated, ins * (np.log2(block) * half), 0.0)
     return ops
@@ -119,8 +127,6 @@ def vector_time(ga: Any, target: Any, wl: Any) -> np.ndarray | float:
     efficiency."""
     if wl.vector_ops is None:
         return 0.0
-    from picojoule.hwmodels.target import OP_KINDS
-
     peak, _ = _vector_rate(target)
     eff = np.asarray([target.compute.efficiency[kind] for kind in OP_KINDS])[ga.kind]
     return wl.vector_ops / (peak * eff)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +242,7 @@ class Problem:
         return (f"Problem({self.graph.name} on {self.target.name}, {self.space.dim} knobs, "
                 f"objectives={[str(o) for o in self.objectives]})")
 
-    @property
+    @cached_property
     def scales(self) -> ScaleFormat | None:
         """How the evaluation's linear-layer recipe carries its scales, which pricing charges (None: no recipe)."""
         recipe = self.config.evaluation.linear_quant

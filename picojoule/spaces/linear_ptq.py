@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from picojoule.errors import PicojouleError
+from picojoule.hwmodels.scales import rotation_block
 from picojoule.spaces.quantize import (ActivationQuantizer, QuantLinear, _fake_quant_weight, _weight_clip_ratio,
                                        calibrate_activations, passthrough)
 
@@ -432,11 +433,8 @@ def hadamard(n: int) -> torch.Tensor:
 
 
 def _rotation_block(width: int, block: int) -> int:
-    """The largest power of two <= ``block`` that divides ``width`` (1: no rotation)."""
-    b = block
-    while b > 1 and width % b:
-        b //= 2
-    return b
+    """The largest power of two <= ``block`` that divides ``width`` (1: no rotation): the rule pricing uses."""
+    return int(rotation_block(width, block))
 
 
 class TokenQuantizer(nn.Module):

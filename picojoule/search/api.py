@@ -70,7 +70,8 @@ def search(
     the policy's), i.e. percentage points for a metric in [0, 1]); ``metric_name`` names it in the summary.
     ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}`` (or ``"finetune_seconds"``) and
     ``final_finetune={"seconds": S}``: after the search each winner is fine-tuned with knowledge distillation
-    from ``model`` and measured again (``finetuned_accuracy`` with ``evaluate``, ``finetuned_test_accuracy`` with
+    from ``model`` (``final_finetune={"loss": "cosine", "optimizer": "adamw", "qat": True, ...}`` for an embedding
+    model: then ``train_data`` may be any iterable of input batches without labels) and measured again (``finetuned_accuracy`` with ``evaluate``, ``finetuned_test_accuracy`` with
     ``test_evaluate``; see :class:`~picojoule.search.config.FinalFinetuneConfig`). ``evaluate`` is what selects:
     give it validation data, not the data you report on. ``test_evaluate(compressed_model) -> float``, if given,
     measures the Pareto front (so every winner) and the baselines once each after the search, on your test data,
@@ -108,9 +109,10 @@ def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, ev
     """The Problem of the given objects (imports torch)."""
     from torch import nn
 
+    from picojoule.data import ArrayDataset
     from picojoule.graph import LayerGraph, build_graph
     from picojoule.hwmodels.target import Target, load_target
-    from picojoule.search.evaluate import as_calibration
+    from picojoule.search.evaluate import InputBatches, as_calibration
     from picojoule.search.problem import Datasets, make_problem
 
     module = model if isinstance(model, nn.Module) else None
@@ -144,7 +146,16 @@ def _problem(settings: SearchSettings, model: Any, example: Any, target: Any, ev
                                  "finetune_seconds or a fidelity rung's)")
         if train_data is None and settings.final_finetune is not None:
             raise PicojouleError(f"{SOURCE}: field 'final_finetune': needs training data to fine-tune on: give "
-                                 "train_data (an ArrayDataset of labelled images)")
+                                 "train_data (an ArrayDataset of labelled images, or batches of inputs with "
+                                 "loss 'cosine')")
+        if train_data is not None and not isinstance(train_data, ArrayDataset):
+            # inputs without labels (token ids of a sentence model): only the cosine loss fine-tunes on them
+            final = settings.final_finetune
+            if settings.evaluation.fine_tunes or final is None or final.loss != "cosine":
+                raise PicojouleError(f"{SOURCE}: train_data: batches of inputs without labels fine-tune only with "
+                                     "final_finetune loss 'cosine' (and no evaluation fine-tune): give an "
+                                     "ArrayDataset of labelled images, or set final_finetune.loss: cosine")
+            train_data = InputBatches(train_data, limit=10**9, name="train_data")
         limit = max(CALIB_LIMIT, settings.evaluation.calibration_images)
         data = Datasets(None, as_calibration(calib_data, limit), train_data)
     return make_problem(settings, SOURCE, graph, target, module, example, data, evaluate if data else None,

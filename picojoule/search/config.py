@@ -224,12 +224,29 @@ class FinalFinetuneConfig(_Strict):
     augment: bool = Field(False, description="CIFAR crop+flip augmentation of the training images")
     winners: Literal["all"] | list[str] = Field(
         "all", description="'all', or the metrics of the objectives whose winners are fine-tuned ([accuracy])")
+    loss: Literal["kl", "cosine"] = Field(
+        "kl", description="kl: softened logits against the uncompressed model's plus CE on the labels; cosine: one "
+                          "minus the cosine similarity of the outputs (an embedding model; unlabelled train data)")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd with momentum 0.9, or adamw")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (cosine decay to 0); default 0.01 for sgd, "
+                                                     "1e-4 for adamw")
+    batch_size: int = Field(128, ge=1, description="samples per step")
+    qat: bool = Field(False, description="quantization-aware: the recipe's linear layers (evaluation.linear_quant) "
+                                         "train their weights on their integer grid, and end on it")
+    qat_scales: bool = Field(False, description="with qat, the grid's scales train too (as LSQ)")
 
     @model_validator(mode="after")
     def _budget(self) -> FinalFinetuneConfig:
         if self.seconds is None and self.steps is None:
             raise ValueError("expected a budget: seconds and/or steps")
+        if self.qat_scales and not self.qat:
+            raise ValueError("qat_scales needs qat: true")
         return self
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~picojoule.search.evaluate.finetune_kd` these settings give."""
+        return {"loss": self.loss, "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
+                "qat": self.qat, "qat_scales": self.qat_scales}
 
     def chooses(self, objective: str) -> bool:
         """Whether the winner of ``objective`` (``"maximise accuracy"``) is fine-tuned."""

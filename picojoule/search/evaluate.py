@@ -175,28 +175,72 @@ def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, 
     return alpha * temperature**2 * kl + (1 - alpha) * ce
 
 
+#: the fine-tune's losses: ``kl`` (softened logits against the teacher's, plus CE on the labels), ``cosine`` (one
+#: minus the cosine similarity of the student's outputs to the teacher's: embeddings, no labels needed)
+FINETUNE_LOSSES = ("kl", "cosine")
+FINETUNE_OPTIMIZERS = ("sgd", "adamw")
+#: the learning rate when none is given, per optimizer
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
+
+
+def _cosine_loss(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(student, teacher) over the batch, each sample's output flattened."""
+    return (1.0 - F.cosine_similarity(student_out.flatten(1).float(), teacher_out.flatten(1).float(), dim=1)).mean()
+
+
 def finetune_kd(
-    student: nn.Module, teacher: nn.Module | None, data: ArrayDataset, *, steps: int | None = None,
-    seconds: float | None = None, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+    student: nn.Module, teacher: nn.Module | None, data: ArrayDataset | InputBatches, *, steps: int | None = None,
+    seconds: float | None = None, lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
     temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, batch_size: int = 128, augment: bool = False,
-    progress: bool = True,
+    progress: bool = True, loss: str = "kl", optimizer: str = "sgd", qat: bool = False, qat_scales: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place, distilling from ``teacher`` (plain CE on labels when it is None).
 
-    SGD with momentum; the learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
+    ``loss``: ``kl`` (the default: softened logits against the teacher's, ``alpha`` of it, plus CE on the labels;
+    the student in train mode) or ``cosine`` (1 - the cosine similarity of the outputs to the teacher's, for an
+    embedding model; no labels, so ``data`` may be :class:`InputBatches`; the student in eval mode, no dropout).
+    ``optimizer``: ``sgd`` with momentum (``lr`` 0.01, weight decay 5e-4 unless given) or ``adamw`` (``lr`` 1e-4,
+    weight decay 0). ``qat``: quantization-aware, every recipe linear layer (a
+    :class:`~picojoule.spaces.linear_ptq.RecipeLinear`) trains its weight on its integer grid and its bias
+    (``qat_scales``: the grid's scales too), and is frozen on the grid at the end, so the model stays what the
+    recipe deploys. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
     ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
     ``augment`` applies the CIFAR crop+flip augmentation. Leaves the student in eval mode. Returns
-    ``{"steps", "seconds", "final_loss"}`` (the mean loss over the last 10 steps; NaN if no step ran).
+    ``{"steps", "seconds", "final_loss", "loss", "optimizer", "lr", "qat_layers"}`` (``final_loss``: the mean
+    loss over the last 10 steps; NaN if no step ran).
     """
     if steps is None and seconds is None:
         raise PicojouleError("finetune: expected a budget: steps or seconds")
     if (steps is not None and steps < 0) or (seconds is not None and seconds < 0):
         raise PicojouleError(f"finetune: expected a budget >= 0, got steps={steps}, seconds={seconds}")
+    if loss not in FINETUNE_LOSSES:
+        raise PicojouleError(f"finetune: loss: expected one of {', '.join(FINETUNE_LOSSES)}, got {loss!r}")
+    if optimizer not in FINETUNE_OPTIMIZERS:
+        raise PicojouleError(f"finetune: optimizer: expected one of {', '.join(FINETUNE_OPTIMIZERS)}, got "
+                             f"{optimizer!r}")
+    if loss == "cosine" and teacher is None:
+        raise PicojouleError("finetune: loss 'cosine' needs a teacher (the uncompressed model)")
     data = _require_data(data, "finetune_kd")
+    if loss == "kl" and isinstance(data, InputBatches):
+        raise PicojouleError(f"finetune: loss 'kl' needs labelled data ({data.name} has inputs only): give an "
+                             "ArrayDataset, or use loss 'cosine'")
+    qat_layers = 0
+    if qat:
+        from picojoule.spaces.linear_ptq import RecipeLinear, enable_qat
+
+        qat_layers = sum(isinstance(m, RecipeLinear) for m in student.modules())
+        if not qat_layers:
+            raise PicojouleError("finetune: qat: the model has no recipe linear layer (evaluation.linear_quant)")
+        enable_qat(student, qat_scales)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise PicojouleError("finetune: the student has no trainable parameters")
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
+                                                     weight_decay=5e-4 if weight_decay is None else weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if weight_decay is None else weight_decay)
     device, done, losses, epoch = _device(student), 0, [], 0
     start = time.perf_counter()
 
@@ -207,34 +251,44 @@ def finetune_kd(
 
     bar = tqdm(total=steps, desc="fine-tune" if teacher is None else "fine-tune (KD)", disable=not progress,
                file=sys.stderr)
-    with _seeded(seed, device), _eval_mode(teacher if teacher is not None else nn.Identity()):
-        student.train()
-        while fraction() < 1.0:
-            for xb, yb in data.batches(batch_size, shuffle=True, seed=(seed, epoch), augment=augment,
-                                       drop_last=len(data) >= batch_size):
-                if (frac := fraction()) >= 1.0:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-                xb, yb = xb.to(device), yb.to(device)
-                with torch.no_grad():
-                    teacher_logits = teacher(xb) if teacher is not None else None
-                loss = _kd_loss(student(xb), teacher_logits, yb, temperature, alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for p in PASSES:  # what a step may undo (zeroed weights of a sparsity pass)
-                    p.after_step(student)
-                losses.append(loss.detach().item())
-                done += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            epoch += 1
-    bar.close()
+    try:
+        with _seeded(seed, device), _eval_mode(teacher if teacher is not None else nn.Identity()):
+            student.train(loss == "kl")
+            while fraction() < 1.0:
+                for xb, yb in data.batches(batch_size, shuffle=True, seed=(seed, epoch), augment=augment,
+                                           drop_last=len(data) >= batch_size):
+                    if (frac := fraction()) >= 1.0:
+                        break
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+                    xb = xb.to(device)
+                    with torch.no_grad():
+                        teacher_out = teacher(xb) if teacher is not None else None
+                    if loss == "cosine":
+                        value = _cosine_loss(student(xb), teacher_out)
+                    else:
+                        value = _kd_loss(student(xb), teacher_out, yb.to(device), temperature, alpha)
+                    opt.zero_grad(set_to_none=True)
+                    value.backward()
+                    opt.step()
+                    for p in PASSES:  # what a step may undo (zeroed weights of a sparsity pass)
+                        p.after_step(student)
+                    losses.append(value.detach().item())
+                    done += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                epoch += 1
+    finally:
+        bar.close()
+        if qat:
+            from picojoule.spaces.linear_ptq import freeze_qat
+
+            freeze_qat(student)
     student.eval()
     tail = losses[-10:]
     return {"steps": done, "seconds": time.perf_counter() - start,
-            "final_loss": sum(tail) / len(tail) if tail else math.nan}
+            "final_loss": sum(tail) / len(tail) if tail else math.nan, "loss": loss, "optimizer": optimizer,
+            "lr": lr, "qat_layers": qat_layers}
 
 
 def repair(model: nn.Module, data: ArrayDataset | InputBatches | None, *, calibrate: Calibrate | None = None,
@@ -260,15 +314,16 @@ def evaluate(
     model: nn.Module, test_data: ArrayDataset | None = None, *, metric: Metric | None = None,
     calib_data: ArrayDataset | InputBatches | None = None, calibrate: Calibrate | None = None, calib_batches: int = 8,
     bn_reestimate: bool = False, finetune_steps: int = 0, finetune_seconds: float | None = None,
-    teacher: nn.Module | None = None, train_data: ArrayDataset | None = None, augment: bool = False, seed: int = 0,
-    batch_size: int = TEST_BATCH, progress: bool = False,
+    teacher: nn.Module | None = None, train_data: ArrayDataset | InputBatches | None = None, augment: bool = False,
+    seed: int = 0, batch_size: int = TEST_BATCH, progress: bool = False, finetune_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Repair ``model`` in place, then measure it: ``metric(model)`` if given, else top-1 accuracy on ``test_data``.
 
     In order: BatchNorm re-estimation (``bn_reestimate``, on ``calib_data`` or else ``train_data``), the
     ``calibrate(model, batches)`` callback (``calib_batches`` batches of 128 inputs from the same data), a
     fine-tune on ``train_data`` distilled from ``teacher`` (``finetune_steps``/``finetune_seconds``; ``augment``:
-    CIFAR crop+flip), the measurement (reported as ``accuracy`` whatever the metric is).
+    CIFAR crop+flip; ``finetune_options``: :func:`finetune_kd`'s loss, optimizer, lr, qat, qat_scales), the
+    measurement (reported as ``accuracy`` whatever the metric is).
     Returns ``{"accuracy", "seconds", "n_test", "bn_images", "calibrated", "finetune"}``.
     """
     start = time.perf_counter()
@@ -278,7 +333,7 @@ def evaluate(
     if finetune_steps or finetune_seconds:
         finetune = finetune_kd(model, teacher, _require_data(train_data, "fine-tune: train_data"),
                                steps=finetune_steps or None, seconds=finetune_seconds, seed=seed,
-                               augment=augment, progress=progress)
+                               augment=augment, progress=progress, **(finetune_options or {}))
     if metric is None:
         value = accuracy(model, test_data, batch_size, progress)
     else:
@@ -292,9 +347,9 @@ def evaluate(
 def evaluate_policy(
     model: nn.Module, example_input: torch.Tensor, policy: Any, test_data: ArrayDataset | None = None, *,
     metric: Metric | None = None, graph: Any = None, calib_data: ArrayDataset | InputBatches | None = None,
-    train_data: ArrayDataset | None = None, calib_batches: int = 2,
+    train_data: ArrayDataset | InputBatches | None = None, calib_batches: int = 2,
     finetune_steps: int = 0, finetune_seconds: float | None = None, augment: bool = False, seed: int = 0,
-    progress: bool = False, linear_quant: Any = None,
+    progress: bool = False, linear_quant: Any = None, finetune_options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Compress ``model`` with ``policy`` and measure it: apply (prune, low rank, fake-quantize), re-estimate
     BatchNorm after pruning, calibrate activation ranges, optionally fine-tune distilled from ``model``,
@@ -317,7 +372,7 @@ def evaluate_policy(
         progress=progress,
         calibrate=calibrate, calib_batches=calib_batches,
         bn_reestimate=bool(info.channels), finetune_steps=finetune_steps, finetune_seconds=finetune_seconds,
-        augment=augment,
+        augment=augment, finetune_options=finetune_options,
         teacher=model if (finetune_steps or finetune_seconds) else None,
     )
     result.update(seconds=time.perf_counter() - start, macs=info.macs, params=info.params,

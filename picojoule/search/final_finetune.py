@@ -67,8 +67,9 @@ def finetune_winners(result: SearchResult, progress: bool = False) -> int:
         if progress:
             tqdm.write(f"final fine-tune of trial {number} (winner of {', '.join(labels)})", file=sys.stderr)
         model, entry = evaluator.finetuned(problem.space.decode(record.vec), settings.steps, settings.seconds,  # type: ignore[arg-type]
-                                           settings.augment, progress)
+                                           settings.augment, progress, settings.options())
         entry["augment"] = settings.augment
+        entry["options"] = settings.options()
         if result.run_dir is not None:
             path = result.run_dir / PARETO_DIR / f"{policy_name(record)}.pt"
             path.parent.mkdir(exist_ok=True)
@@ -135,8 +136,11 @@ def budget_text(result: SearchResult) -> str:
     s = result.config.final_finetune
     assert s is not None
     parts = [f"{s.seconds:g} s" if s.seconds else None, f"{s.steps} steps" if s.steps else None]
-    return (f"KD from the uncompressed model on the train split, {' or '.join(p for p in parts if p)} per winner, "
-            f"{'with' if s.augment else 'no'} augmentation")
+    how = "" if (s.loss, s.optimizer, s.lr, s.qat) == ("kl", "sgd", None, False) else (
+        f" ({s.loss} loss, {s.optimizer}" + (f" lr {s.lr:g}" if s.lr else "")
+        + (", quantization-aware" + (" with scales" if s.qat_scales else "") if s.qat else "") + ")")
+    return (f"KD from the uncompressed model{how} on the train split, {' or '.join(p for p in parts if p)} per "
+            f"winner, {'with' if s.augment else 'no'} augmentation")
 
 
 def _change(split: dict[str, float | None]) -> str:

@@ -148,8 +148,8 @@ class Evaluator:
         return data, metric
 
     def _compressed(self, policy: Policy, split: str, finetune_steps: int, finetune_seconds: float | None,
-                    augment: bool = False, progress: bool = False, images: int | None = None
-                    ) -> tuple[nn.Module, dict[str, Any]]:
+                    augment: bool = False, progress: bool = False, images: int | None = None,
+                    finetune_options: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """evaluate_policy's (compressed model, result) of ``policy`` measured on ``split`` (its first ``images``
         when given and the split is data), under the seed."""
         data, metric = self._split(split)
@@ -162,7 +162,7 @@ class Evaluator:
                 calib_data=self.calib, train_data=self.train,
                 calib_batches=math.ceil(self.cfg.calibration_images / CALIB_BATCH),
                 finetune_steps=finetune_steps, finetune_seconds=finetune_seconds, augment=augment, seed=self.seed,
-                progress=progress,
+                progress=progress, finetune_options=finetune_options,
                 linear_quant=self.cfg.linear_quant.recipe() if self.cfg.linear_quant is not None else None)
 
     def __call__(self, policy: Policy, split: str = "validation", rung: int = -1) -> dict[str, Any]:
@@ -188,15 +188,17 @@ class Evaluator:
         return out
 
     def finetuned(self, policy: Policy, steps: int | None, seconds: float | None, augment: bool = False,
-                  progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+                  progress: bool = False, options: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """The final fine-tune of a winner: ``policy`` applied again, repaired, fine-tuned on the train split with
         knowledge distillation from the uncompressed model (``steps`` and/or ``seconds``), then measured on the
-        validation split and (where there is one) the test split. Returns (the fine-tuned model,
+        validation split and (where there is one) the test split; ``options``: :func:`finetune_kd`'s loss,
+        optimizer, lr, qat and qat_scales. Returns (the fine-tuned model,
         ``{"accuracy", "test_accuracy" (None: no test split), "steps", "seconds"}``)."""
         if self.train is None or len(self.train) == 0:
             raise PicojouleError("field 'final_finetune': needs training data to fine-tune on (data.train, or "
                                  "train_data in picojoule.search)")
-        compressed, result = self._compressed(policy, "validation", steps or 0, seconds, augment, progress)
+        compressed, result = self._compressed(policy, "validation", steps or 0, seconds, augment, progress,
+                                              finetune_options=options)
         test = None
         if self.has_test:
             data, metric = self._split("test")

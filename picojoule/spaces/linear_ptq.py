@@ -502,11 +502,79 @@ class RecipeLinear(nn.Linear):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(self.input_quant(self.transform(x)), self.weight, self.bias)
+        return nn.functional.linear(self.input_quant(self.transform(x)), self.quantized_weight(), self.bias)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the layer multiplies by: the fixed fake-quantized one, or under :meth:`enable_qat` the
+        trainable latent weight rounded onto the layer's grid (straight-through: the rounding's gradient is 1)."""
+        if not getattr(self, "qat", False):
+            return self.weight
+        w, grid = self.weight, getattr(self, "weight_grid", None)
+        if grid is not None:
+            out_f, in_f = w.shape
+            rows = w.reshape(out_f, in_f // grid.group, grid.group)
+            scale = (self.qat_scale if self.qat_scale is not None else grid.scale.to(rows))[..., None]
+            zero = grid.zero.to(rows)[..., None]
+            x = rows / scale
+            q = torch.clamp(x + (torch.round(x) - x).detach() + zero, 0, 2**grid.bits - 1)
+            w = ((q - zero) * scale).reshape(out_f, in_f)
+        mask = getattr(self, "sparse_mask", None)
+        return w if mask is None else w * mask.to(w)
+
+    def enable_qat(self, scales: bool = False) -> None:
+        """Quantization-aware fine-tuning: the weight (and the bias) become trainable, the weight kept on the
+        layer's integer grid in the forward pass (its zero points fixed; its scales trainable with ``scales``,
+        as LSQ). The output is unchanged until a step moves the weight. :meth:`freeze_qat` ends it."""
+        self.qat = True
+        self.weight.requires_grad_(True)
+        if isinstance(self.bias, torch.Tensor) and not isinstance(self.bias, nn.Parameter):
+            self.bias = nn.Parameter(self.bias.detach().clone())
+        if self.bias is not None:
+            self.bias.requires_grad_(True)
+        grid = getattr(self, "weight_grid", None)
+        self.qat_scale = (nn.Parameter(grid.scale.detach().clone().to(self.weight.dtype))
+                          if scales and grid is not None else None)
+
+    @torch.no_grad()
+    def freeze_qat(self) -> None:
+        """End :meth:`enable_qat`: the weight fixed at its rounded values (on the grid, with the trained scales),
+        nothing of the layer trainable."""
+        if not getattr(self, "qat", False):
+            return
+        w = self.quantized_weight().detach().clone()
+        grid = getattr(self, "weight_grid", None)
+        if grid is not None and self.qat_scale is not None:
+            grid = GroupGrid(grid.bits, grid.group, self.qat_scale.detach().float().clone(), grid.zero)
+            self.weight_grid = grid
+            if hasattr(self, "group_grid"):
+                self.group_grid = grid
+        self.qat, self.qat_scale = False, None
+        self.weight = nn.Parameter(w, requires_grad=False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}, rotation block={self.block}, "
-                f"smoothed={self.inv_s is not None}")
+                f"smoothed={self.inv_s is not None}" + (", qat" if getattr(self, "qat", False) else ""))
+
+
+def enable_qat(model: nn.Module, scales: bool = False) -> list[nn.Parameter]:
+    """:meth:`RecipeLinear.enable_qat` on every recipe layer of ``model``; every other parameter stays as it was.
+    Returns the parameters QAT made trainable."""
+    params: list[nn.Parameter] = []
+    for m in model.modules():
+        if isinstance(m, RecipeLinear):
+            m.enable_qat(scales)
+            params += [p for p in (m.weight, m.bias, m.qat_scale) if isinstance(p, nn.Parameter)]
+    return params
+
+
+def freeze_qat(model: nn.Module) -> int:
+    """:meth:`RecipeLinear.freeze_qat` on every recipe layer of ``model``; returns the layers frozen."""
+    layers = [m for m in model.modules() if isinstance(m, RecipeLinear) and getattr(m, "qat", False)]
+    for m in layers:
+        m.freeze_qat()
+    return len(layers)
 
 
 @torch.no_grad()
@@ -573,6 +641,7 @@ def requantize_linears(model: nn.Module, batches: Iterable[Any], recipe: LinearQ
         new = RecipeLinear(w.to(layer.weight.dtype), layer.bias, name, w_bits, a_bits, recipe.activations,
                            None if s is None else (1.0 / s).to(layer.weight.device), block, recipe.act_clip,
                            recipe.act_group)
+        new.weight_grid, new.sparse_mask = grid, mask  # what QAT keeps the weight on
         if grid is not None and rot is None and s is None:
             new.group_grid = grid
         new.train(layer.training)
@@ -636,6 +705,6 @@ def recipe_calibration(recipe: LinearQuant) -> Callable[[nn.Module, list], int]:
     return calibrate
 
 
-__all__ = ["GroupGrid", "LinearPlan", "LinearQuant", "RecipeLinear", "TokenQuantizer", "hadamard",
+__all__ = ["GroupGrid", "LinearPlan", "enable_qat", "freeze_qat", "LinearQuant", "RecipeLinear", "TokenQuantizer", "hadamard",
            "recipe_calibration", "recipe_shells", "requantize_linears", "compress_linears", "gptq", "quantize_groups", "prune_mask", "SmoothedQuantLinear",
            "n_m"]

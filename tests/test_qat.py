@@ -124,3 +124,13 @@ def test_search_final_finetune_with_cosine_qat_on_unlabelled_train_data() -> Non
     # inputs without labels fine-tune only with the cosine loss
     with pytest.raises(PicojouleError, match="train_data: batches of inputs without labels"):
         pj.search(model, x[:1], "a100", train_data=[x[:3072]], final_finetune={"steps": 5}, **common)
+
+
+def test_final_finetune_qat_fields_are_checked() -> None:
+    model, x = _mlp_and_inputs()
+    with pytest.raises(PicojouleError, match="final_finetune.*need qat: true"):
+        pj.search(model, x[:1], "a100", evaluate=lambda m: 1.0, calib_data=[x[:256]], train_data=[x[:512]], trials=1,
+                  final_finetune={"steps": 5, "loss": "cosine", "weight_lr": 1e-4}, progress=False)
+    with pytest.raises(PicojouleError, match="final_finetune.*loss"):
+        pj.search(model, x[:1], "a100", evaluate=lambda m: 1.0, calib_data=[x[:256]], train_data=[x[:512]], trials=1,
+                  final_finetune={"steps": 5, "loss": "mse"}, progress=False)

@@ -234,19 +234,21 @@ class FinalFinetuneConfig(_Strict):
     qat: bool = Field(False, description="quantization-aware: the recipe's linear layers (evaluation.linear_quant) "
                                          "train their weights on their integer grid, and end on it")
     qat_scales: bool = Field(False, description="with qat, the grid's scales train too (as LSQ)")
+    weight_lr: float | None = Field(None, gt=0, description="with qat, the peak learning rate of the weights on "
+                                                            "the grid (and their scales); default lr")
 
     @model_validator(mode="after")
     def _budget(self) -> FinalFinetuneConfig:
         if self.seconds is None and self.steps is None:
             raise ValueError("expected a budget: seconds and/or steps")
-        if self.qat_scales and not self.qat:
-            raise ValueError("qat_scales needs qat: true")
+        if (self.qat_scales or self.weight_lr is not None) and not self.qat:
+            raise ValueError("qat_scales and weight_lr need qat: true")
         return self
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~picojoule.search.evaluate.finetune_kd` these settings give."""
         return {"loss": self.loss, "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
-                "qat": self.qat, "qat_scales": self.qat_scales}
+                "qat": self.qat, "qat_scales": self.qat_scales, "weight_lr": self.weight_lr}
 
     def chooses(self, objective: str) -> bool:
         """Whether the winner of ``objective`` (``"maximise accuracy"``) is fine-tuned."""

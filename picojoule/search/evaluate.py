@@ -193,6 +193,7 @@ def finetune_kd(
     seconds: float | None = None, lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
     temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, batch_size: int = 128, augment: bool = False,
     progress: bool = True, loss: str = "kl", optimizer: str = "sgd", qat: bool = False, qat_scales: bool = False,
+    weight_lr: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place, distilling from ``teacher`` (plain CE on labels when it is None).
 
@@ -203,7 +204,8 @@ def finetune_kd(
     weight decay 0). ``qat``: quantization-aware, every recipe linear layer (a
     :class:`~picojoule.spaces.linear_ptq.RecipeLinear`) trains its weight on its integer grid and its bias
     (``qat_scales``: the grid's scales too), and is frozen on the grid at the end, so the model stays what the
-    recipe deploys. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
+    recipe deploys; ``weight_lr`` (default ``lr``) is the learning rate of those weights and scales, every other
+    parameter (biases, norms, embeddings) trains at ``lr``. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
     ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
     ``augment`` applies the CIFAR crop+flip augmentation. Leaves the student in eval mode. Returns
     ``{"steps", "seconds", "final_loss", "loss", "optimizer", "lr", "qat_layers"}`` (``final_loss``: the mean
@@ -228,19 +230,27 @@ def finetune_kd(
     if qat:
         from picojoule.spaces.linear_ptq import RecipeLinear, enable_qat
 
-        qat_layers = sum(isinstance(m, RecipeLinear) for m in student.modules())
+        recipe = [m for m in student.modules() if isinstance(m, RecipeLinear)]
+        qat_layers = len(recipe)
         if not qat_layers:
             raise PicojouleError("finetune: qat: the model has no recipe linear layer (evaluation.linear_quant)")
         enable_qat(student, qat_scales)
+        on_grid = {id(p) for m in recipe for p in (m.weight, m.qat_scale) if p is not None}
+    else:
+        on_grid = set()
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise PicojouleError("finetune: the student has no trainable parameters")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
+    rates = {"rest": lr, "grid": lr if weight_lr is None else weight_lr}
+    groups = [{"params": ps, "lr": rates[k], "name": k} for k, ps in
+              (("grid", [p for p in params if id(p) in on_grid]), ("rest", [p for p in params if id(p) not in on_grid]))
+              if ps]
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum,
                                                      weight_decay=5e-4 if weight_decay is None else weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if weight_decay is None else weight_decay)
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0 if weight_decay is None else weight_decay)
     device, done, losses, epoch = _device(student), 0, [], 0
     start = time.perf_counter()
 
@@ -260,7 +270,7 @@ def finetune_kd(
                     if (frac := fraction()) >= 1.0:
                         break
                     for group in opt.param_groups:
-                        group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+                        group["lr"] = rates[group["name"]] * 0.5 * (1.0 + math.cos(math.pi * frac))
                     xb = xb.to(device)
                     with torch.no_grad():
                         teacher_out = teacher(xb) if teacher is not None else None
@@ -288,7 +298,7 @@ def finetune_kd(
     tail = losses[-10:]
     return {"steps": done, "seconds": time.perf_counter() - start,
             "final_loss": sum(tail) / len(tail) if tail else math.nan, "loss": loss, "optimizer": optimizer,
-            "lr": lr, "qat_layers": qat_layers}
+            "lr": lr, "weight_lr": rates["grid"] if qat else None, "qat_layers": qat_layers}
 
 
 def repair(model: nn.Module, data: ArrayDataset | InputBatches | None, *, calibrate: Calibrate | None = None,

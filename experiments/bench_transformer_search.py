@@ -394,7 +394,9 @@ def main() -> int:
     ap.add_argument("--finetune", type=int, default=0, metavar="STEPS",
                     help="fine-tune the winner for STEPS steps after the search (final_finetune: cosine KD from the "
                          "uncompressed model, quantization-aware, AdamW) on the train passages")
-    ap.add_argument("--finetune-lr", type=float, default=1e-5, help="the fine-tune's peak learning rate")
+    ap.add_argument("--finetune-lr", type=float, default=3e-4, help="the fine-tune's peak learning rate (biases)")
+    ap.add_argument("--finetune-weight-lr", type=float, default=3e-4,
+                    help="the peak learning rate of the weights on their grid")
     ap.add_argument("--fresh", action="store_true", help="start the run directories anew")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_transformer_search"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the table from the saved JSON")
@@ -437,7 +439,8 @@ def main() -> int:
         key = part_key(case, args.recipe, args.strategy, args.repair, args.finetune)
         ran_keys.append(key)
         finetune = ({"steps": args.finetune, "loss": "cosine", "optimizer": "adamw", "lr": args.finetune_lr,
-                     "batch_size": 16, "qat": True} if args.finetune else None)
+                     "weight_lr": args.finetune_weight_lr, "batch_size": 16, "qat": True, "only_linear": True}
+                    if args.finetune else None)
         doc["parts"][key] = run_case(case, model, ids, refs, args.trials, args.runs, args.seed, args.fresh, args.recipe,
                                      args.strategy, args.repair, finetune)
         print(key, json.dumps({k: v for k, v in doc["parts"][key].items() if k not in ("front_points", "baselines")}),

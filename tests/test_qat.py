@@ -134,3 +134,15 @@ def test_final_finetune_qat_fields_are_checked() -> None:
     with pytest.raises(PicojouleError, match="final_finetune.*loss"):
         pj.search(model, x[:1], "a100", evaluate=lambda m: 1.0, calib_data=[x[:256]], train_data=[x[:512]], trials=1,
                   final_finetune={"steps": 5, "loss": "mse"}, progress=False)
+
+
+def test_only_linear_leaves_the_rest_as_it_was() -> None:
+    model, x = _mlp_and_inputs()
+    student = nn.Sequential(nn.LayerNorm(128), _compressed(model, x))
+    norm = [p.detach().clone() for p in student[0].parameters()]
+    finetune_kd(student, nn.Sequential(nn.LayerNorm(128), model), InputBatches([x[:512]], name="inputs"), steps=10,
+                loss="cosine", optimizer="adamw", lr=1e-3, qat=True, only_linear=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(norm, student[0].parameters()))
+    assert all(p.requires_grad for p in student[0].parameters())  # its flags as they were
+    layer = next(m for m in student.modules() if isinstance(m, RecipeLinear))
+    assert _on_grid(layer)

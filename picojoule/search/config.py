@@ -236,6 +236,8 @@ class FinalFinetuneConfig(_Strict):
     qat_scales: bool = Field(False, description="with qat, the grid's scales train too (as LSQ)")
     weight_lr: float | None = Field(None, gt=0, description="with qat, the peak learning rate of the weights on "
                                                             "the grid (and their scales); default lr")
+    only_linear: bool = Field(False, description="train only the recipe's linear layers (weights under qat, biases); "
+                                                 "norms and embeddings stay as they are")
 
     @model_validator(mode="after")
     def _budget(self) -> FinalFinetuneConfig:
@@ -248,7 +250,8 @@ class FinalFinetuneConfig(_Strict):
     def options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~picojoule.search.evaluate.finetune_kd` these settings give."""
         return {"loss": self.loss, "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
-                "qat": self.qat, "qat_scales": self.qat_scales, "weight_lr": self.weight_lr}
+                "qat": self.qat, "qat_scales": self.qat_scales, "weight_lr": self.weight_lr,
+                "only_linear": self.only_linear}
 
     def chooses(self, objective: str) -> bool:
         """Whether the winner of ``objective`` (``"maximise accuracy"``) is fine-tuned."""

@@ -193,7 +193,7 @@ def finetune_kd(
     seconds: float | None = None, lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
     temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, batch_size: int = 128, augment: bool = False,
     progress: bool = True, loss: str = "kl", optimizer: str = "sgd", qat: bool = False, qat_scales: bool = False,
-    weight_lr: float | None = None,
+    weight_lr: float | None = None, only_linear: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place, distilling from ``teacher`` (plain CE on labels when it is None).
 
@@ -205,7 +205,8 @@ def finetune_kd(
     :class:`~picojoule.spaces.linear_ptq.RecipeLinear`) trains its weight on its integer grid and its bias
     (``qat_scales``: the grid's scales too), and is frozen on the grid at the end, so the model stays what the
     recipe deploys; ``weight_lr`` (default ``lr``) is the learning rate of those weights and scales, every other
-    parameter (biases, norms, embeddings) trains at ``lr``. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
+    parameter (biases, norms, embeddings) trains at ``lr``; ``only_linear``: only the recipe's linear layers train
+    (their weights under ``qat``, and biases), every norm and embedding stays as it is. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
     ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
     ``augment`` applies the CIFAR crop+flip augmentation. Leaves the student in eval mode. Returns
     ``{"steps", "seconds", "final_loss", "loss", "optimizer", "lr", "qat_layers"}`` (``final_loss``: the mean
@@ -226,20 +227,30 @@ def finetune_kd(
     if loss == "kl" and isinstance(data, InputBatches):
         raise PicojouleError(f"finetune: loss 'kl' needs labelled data ({data.name} has inputs only): give an "
                              "ArrayDataset, or use loss 'cosine'")
-    qat_layers = 0
-    if qat:
+    qat_layers, on_grid, linear = 0, set(), None
+    if qat or only_linear:
         from picojoule.spaces.linear_ptq import RecipeLinear, enable_qat
 
         recipe = [m for m in student.modules() if isinstance(m, RecipeLinear)]
-        qat_layers = len(recipe)
-        if not qat_layers:
-            raise PicojouleError("finetune: qat: the model has no recipe linear layer (evaluation.linear_quant)")
-        enable_qat(student, qat_scales)
-        on_grid = {id(p) for m in recipe for p in (m.weight, m.qat_scale) if p is not None}
-    else:
-        on_grid = set()
+        if not recipe:
+            raise PicojouleError(f"finetune: {'qat' if qat else 'only_linear'}: the model has no recipe linear layer "
+                                 "(evaluation.linear_quant)")
+        if qat:
+            qat_layers = len(recipe)
+            enable_qat(student, qat_scales)
+            on_grid = {id(p) for m in recipe for p in (m.weight, m.qat_scale) if p is not None}
+        if only_linear:
+            for m in recipe:
+                m.trainable_bias()
+            linear = {id(p) for m in recipe for p in m.parameters()}
+    # what only_linear leaves out computes no gradient meanwhile (the flags are restored at the end)
+    held = [p for p in student.parameters() if p.requires_grad and linear is not None and id(p) not in linear]
+    for p in held:
+        p.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
+        for p in held:
+            p.requires_grad_(True)
         raise PicojouleError("finetune: the student has no trainable parameters")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     rates = {"rest": lr, "grid": lr if weight_lr is None else weight_lr}
@@ -290,6 +301,8 @@ def finetune_kd(
                 epoch += 1
     finally:
         bar.close()
+        for p in held:
+            p.requires_grad_(True)
         if qat:
             from picojoule.spaces.linear_ptq import freeze_qat
 

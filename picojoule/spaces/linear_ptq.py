@@ -527,13 +527,17 @@ class RecipeLinear(nn.Linear):
         as LSQ). The output is unchanged until a step moves the weight. :meth:`freeze_qat` ends it."""
         self.qat = True
         self.weight.requires_grad_(True)
+        self.trainable_bias()
+        grid = getattr(self, "weight_grid", None)
+        self.qat_scale = (nn.Parameter(grid.scale.detach().clone().to(self.weight.dtype))
+                          if scales and grid is not None else None)
+
+    def trainable_bias(self) -> None:
+        """Make the bias (when there is one) a trainable parameter of this layer."""
         if isinstance(self.bias, torch.Tensor) and not isinstance(self.bias, nn.Parameter):
             self.bias = nn.Parameter(self.bias.detach().clone())
         if self.bias is not None:
             self.bias.requires_grad_(True)
-        grid = getattr(self, "weight_grid", None)
-        self.qat_scale = (nn.Parameter(grid.scale.detach().clone().to(self.weight.dtype))
-                          if scales and grid is not None else None)
 
     @torch.no_grad()
     def freeze_qat(self) -> None:

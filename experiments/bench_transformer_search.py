@@ -28,8 +28,12 @@ pricing existed is shown as stale. ``--strategy ilp`` first measures a label-fre
 (``picojoule.sensitivity.metric_sensitivity``: the cosine drop per knob on passages of its own, 312 knob
 choices, about 15 minutes) and lets the ILP choose from it; ``nsga2`` starts from the uniform warm starts.
 
+``--finetune STEPS`` ends the search with the final fine-tune of its winner (``final_finetune``: cosine KD from the
+uncompressed model's embeddings, quantization-aware on the recipe's integer grids, AdamW, on train passages that
+no other split holds; ``--finetune-features`` distils inner modules' outputs too) and scores the goal after it.
+
 Run from the repository root: ``python experiments/bench_transformer_search.py`` (about 10 minutes per case on
-2 cores with the default 40 trials; ``--strategy ilp`` adds the sensitivity). Writes experiments/results/bench_transformer_search.{md,json} and the
+2 cores with the default 40 trials; ``--strategy ilp`` adds the sensitivity; ``--finetune 300`` adds about 15). Writes experiments/results/bench_transformer_search.{md,json} and the
 run directories under runs/bench_transformer_search/.
 """
 
@@ -89,10 +93,11 @@ def scales_of(recipe: str) -> ScaleFormat | None:
     return ScaleFormat.of(LinearQuantConfig(**fields)) if fields is not None else None
 
 
-def part_key(case: str, recipe: str, strategy: str, repair: bool, finetune: int = 0) -> str:
+def part_key(case: str, recipe: str, strategy: str, repair: bool, finetune: dict[str, Any] | None = None) -> str:
     """The name of a run's part in the JSON and of its run directory."""
     return "-".join([case] + ([recipe] if recipe != "llm" else []) + ([strategy] if strategy != "nsga2" else [])
-                    + (["repair"] if repair else []) + (["qat"] if finetune else []))
+                    + (["repair"] if repair else []) + (["qat"] if finetune else [])
+                    + (["features"] if finetune and finetune.get("features") else []))
 
 
 def cheapest(graph: Any, space: Any, target: str, model: str, metric: str, batch: int, scales: Any,
@@ -144,7 +149,7 @@ def run_case(case: str, model: Any, ids: dict[str, torch.Tensor], refs: dict[str
              repair: bool = False, finetune: dict[str, Any] | None = None) -> dict[str, Any]:
     target, metric, cost_model, batch, bound, rest = CASES[case]
     module = model.ids_module()
-    run_dir = runs / part_key(case, recipe, strategy, repair, (finetune or {}).get("steps", 0))
+    run_dir = runs / part_key(case, recipe, strategy, repair, finetune)
     linear_quant = RECIPES[recipe]
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -313,7 +318,9 @@ def report(parts: dict[str, Any], floor: dict[str, dict[str, float]], meta: dict
              f"{meta['validation']} validation passages and is reported on {meta['test']} held-out test passages of "
              f"CPython's pydoc topics; activations calibrated on {meta['calibration']} others. NSGA-II (or the ILP "
              f"where the strategy column says so), {meta['trials']} trials per case, warm starts uniform W8A8 / "
-             "W8A16 / W4A8 / W4A4 lowered onto the bound; no fine-tune. Recipe `llm` (`evaluation.linear_quant`): "
+             "W8A16 / W4A8 / W4A4 lowered onto the bound; no fine-tune during the search (a part ending in `-qat` "
+             "fine-tunes its winner afterwards: the search's `final_finetune`, quantization-aware, see below). "
+             "Recipe `llm` (`evaluation.linear_quant`): "
              "the linear layers' weights by GPTQ with one range per 128 inputs, activations with one range per "
              "token taken at run time, both in a block Walsh-Hadamard rotation of each linear's inputs (QuaRot); "
              "`atom`: `llm` with one activation range per 128 inputs of a token (Atom's W4A4); `perchannel`: `llm` "
@@ -359,6 +366,15 @@ def report(parts: dict[str, Any], floor: dict[str, dict[str, float]], meta: dict
         lines.append(f"- {case}{'' if _current(p) else ' (stale)'}: "
                      + ("; ".join(f"{pct(q['validation'])} / {pct(q['test'])} at {q['ratio']:.3f}x" for q in pts)
                         or "empty"))
+    for case, p in parts.items():
+        f = p.get("finetune")
+        if f:
+            lines += ["", f"Final fine-tune of {case}: {f['steps']} steps of {f['batch_size']} passages from "
+                      f"{f['train_passages']} train passages (none of the calibration, validation, sensitivity or test "
+                      f"ones), loss {f['loss']} against the uncompressed model's embeddings"
+                      + (f" plus the outputs of `{'`, `'.join(f['features'])}`" if f.get("features") else "")
+                      + f", {f['optimizer']}, quantization-aware (weights on their grid at lr {f['weight_lr']:g}, "
+                      f"biases at {f['lr']:g}{', norms and embeddings fixed' if f.get('only_linear') else ''})."]
     lines += ["", _story(parts, floor), "",
               "Each case's run directory (report.md, plots/front.png, the winners' policies) is under "
               "runs/bench_transformer_search/.", ""]
@@ -397,6 +413,9 @@ def main() -> int:
     ap.add_argument("--finetune-lr", type=float, default=3e-4, help="the fine-tune's peak learning rate (biases)")
     ap.add_argument("--finetune-weight-lr", type=float, default=3e-4,
                     help="the peak learning rate of the weights on their grid")
+    ap.add_argument("--finetune-features", default="",
+                    help="modules whose outputs the fine-tune distils too (fnmatch patterns, comma-separated), e.g. "
+                         "'module.encoder.encoder.layer.*.output'")
     ap.add_argument("--fresh", action="store_true", help="start the run directories anew")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_transformer_search"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the table from the saved JSON")
@@ -436,11 +455,12 @@ def main() -> int:
             doc["floors"][f"{case} {recipe}"] = floors(graph, case, recipe)
         print(case, args.recipe, "floors", json.dumps({k: round(v, 3) for k, v in doc["floors"][f"{case} {args.recipe}"].items()}),
               flush=True)
-        key = part_key(case, args.recipe, args.strategy, args.repair, args.finetune)
-        ran_keys.append(key)
         finetune = ({"steps": args.finetune, "loss": "cosine", "optimizer": "adamw", "lr": args.finetune_lr,
-                     "weight_lr": args.finetune_weight_lr, "batch_size": 16, "qat": True, "only_linear": True}
+                     "weight_lr": args.finetune_weight_lr, "batch_size": 16, "qat": True, "only_linear": True,
+                     "features": [f for f in args.finetune_features.split(",") if f]}
                     if args.finetune else None)
+        key = part_key(case, args.recipe, args.strategy, args.repair, finetune)
+        ran_keys.append(key)
         doc["parts"][key] = run_case(case, model, ids, refs, args.trials, args.runs, args.seed, args.fresh, args.recipe,
                                      args.strategy, args.repair, finetune)
         print(key, json.dumps({k: v for k, v in doc["parts"][key].items() if k not in ("front_points", "baselines")}),

@@ -146,3 +146,26 @@ def test_only_linear_leaves_the_rest_as_it_was() -> None:
     assert all(p.requires_grad for p in student[0].parameters())  # its flags as they were
     layer = next(m for m in student.modules() if isinstance(m, RecipeLinear))
     assert _on_grid(layer)
+
+
+def _hidden_cosine(model: nn.Module, student: nn.Module, x: torch.Tensor) -> float:
+    """The cosine of the first layer's outputs (after GELU), student against teacher."""
+    with torch.no_grad():
+        return float(nn.functional.cosine_similarity(student[1](student[0](x)), model[1](model[0](x)), dim=-1).mean())
+
+
+def test_features_distil_the_named_modules_outputs_too() -> None:
+    model, x = _mlp_and_inputs()
+    inputs, held_out = InputBatches([x[:3072]], name="inputs"), x[3072:]
+    options = dict(steps=150, loss="cosine", optimizer="adamw", lr=1e-3, batch_size=128, qat=True, progress=False)
+    plain, tapped = _compressed(model, x), _compressed(model, x)
+    finetune_kd(plain, model, inputs, **options)
+    finetune_kd(tapped, model, inputs, features=["1"], **options)
+    # the hidden layer follows the teacher's more closely when its output is distilled too
+    assert _hidden_cosine(model, tapped, held_out) > _hidden_cosine(model, plain, held_out) + 1e-3
+    assert not tapped[1]._forward_hooks and not model[1]._forward_hooks  # the taps are gone
+    with pytest.raises(PicojouleError, match="features: 'encoder.*' names no module"):
+        finetune_kd(_compressed(model, x), model, inputs, steps=1, loss="cosine", features=["encoder.*"],
+                    progress=False)
+    with pytest.raises(PicojouleError, match="features: distilled by cosine"):
+        finetune_kd(_compressed(model, x), model, inputs, steps=1, features=["1"], progress=False)

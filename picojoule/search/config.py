@@ -238,6 +238,8 @@ class FinalFinetuneConfig(_Strict):
                                                             "the grid (and their scales); default lr")
     only_linear: bool = Field(False, description="train only the recipe's linear layers (weights under qat, biases); "
                                                  "norms and embeddings stay as they are")
+    features: list[str] = Field(default_factory=list, description="with loss cosine: module names or fnmatch "
+                                "patterns whose outputs are distilled too, per position by cosine")
 
     @model_validator(mode="after")
     def _budget(self) -> FinalFinetuneConfig:
@@ -245,13 +247,15 @@ class FinalFinetuneConfig(_Strict):
             raise ValueError("expected a budget: seconds and/or steps")
         if (self.qat_scales or self.weight_lr is not None) and not self.qat:
             raise ValueError("qat_scales and weight_lr need qat: true")
+        if self.features and self.loss != "cosine":
+            raise ValueError("features need loss: cosine")
         return self
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~picojoule.search.evaluate.finetune_kd` these settings give."""
         return {"loss": self.loss, "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
                 "qat": self.qat, "qat_scales": self.qat_scales, "weight_lr": self.weight_lr,
-                "only_linear": self.only_linear}
+                "only_linear": self.only_linear, "features": list(self.features)}
 
     def chooses(self, objective: str) -> bool:
         """Whether the winner of ``objective`` (``"maximise accuracy"``) is fine-tuned."""

@@ -188,12 +188,62 @@ def _cosine_loss(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.
     return (1.0 - F.cosine_similarity(student_out.flatten(1).float(), teacher_out.flatten(1).float(), dim=1)).mean()
 
 
+class _FeatureTaps:
+    """Forward hooks on the same-named modules of a student and its teacher, keeping each call's output (the
+    first tensor of a tuple) until :meth:`loss` reads them."""
+
+    def __init__(self, pairs: list[tuple[str, nn.Module, nn.Module]]):
+        self.names = [name for name, _, _ in pairs]
+        self.out: dict[tuple[str, str], torch.Tensor] = {}
+        self.hooks = [m.register_forward_hook(self._keep(side, name)) for name, s, t in pairs
+                      for side, m in (("student", s), ("teacher", t))]
+
+    def _keep(self, side: str, name: str) -> Callable[..., None]:
+        def hook(_: nn.Module, __: Any, output: Any) -> None:
+            self.out[side, name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        """The mean over the modules of 1 - cos(student, teacher) per position (the last dimension)."""
+        parts = []
+        for name in self.names:
+            s, t = self.out.pop(("student", name)), self.out.pop(("teacher", name))
+            parts.append((1.0 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1)).mean())
+        return torch.stack(parts).mean()
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.out.clear()
+
+
+def _feature_taps(student: nn.Module, teacher: nn.Module | None, patterns: Sequence[str]) -> _FeatureTaps:
+    from fnmatch import fnmatchcase
+
+    if teacher is None:
+        raise PicojouleError("finetune: features: need a teacher")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    theirs = dict(teacher.named_modules())
+    pairs: list[tuple[str, nn.Module, nn.Module]] = []
+    for pattern in patterns:
+        found = [(n, m) for n, m in student.named_modules() if n and fnmatchcase(n, pattern)]
+        if not found:
+            raise PicojouleError(f"finetune: features: {pattern!r} names no module of the model")
+        for name, module in found:
+            if name not in theirs:
+                raise PicojouleError(f"finetune: features: {name!r} is not a module of the teacher")
+            if name not in [p[0] for p in pairs]:
+                pairs.append((name, module, theirs[name]))
+    return _FeatureTaps(pairs)
+
+
 def finetune_kd(
     student: nn.Module, teacher: nn.Module | None, data: ArrayDataset | InputBatches, *, steps: int | None = None,
     seconds: float | None = None, lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
     temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, batch_size: int = 128, augment: bool = False,
     progress: bool = True, loss: str = "kl", optimizer: str = "sgd", qat: bool = False, qat_scales: bool = False,
-    weight_lr: float | None = None, only_linear: bool = False,
+    weight_lr: float | None = None, only_linear: bool = False, features: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place, distilling from ``teacher`` (plain CE on labels when it is None).
 
@@ -206,7 +256,10 @@ def finetune_kd(
     (``qat_scales``: the grid's scales too), and is frozen on the grid at the end, so the model stays what the
     recipe deploys; ``weight_lr`` (default ``lr``) is the learning rate of those weights and scales, every other
     parameter (biases, norms, embeddings) trains at ``lr``; ``only_linear``: only the recipe's linear layers train
-    (their weights under ``qat``, and biases), every norm and embedding stays as it is. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
+    (their weights under ``qat``, and biases), every norm and embedding stays as it is. ``features`` (with the
+    ``cosine`` loss): module names or ``fnmatch`` patterns (``module.encoder.encoder.layer.*.output``) whose
+    outputs are distilled too, by the cosine of each position's vector (the last dimension) to the teacher's at
+    the same module; their mean is added to the output's loss. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
     ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
     ``augment`` applies the CIFAR crop+flip augmentation. Leaves the student in eval mode. Returns
     ``{"steps", "seconds", "final_loss", "loss", "optimizer", "lr", "qat_layers"}`` (``final_loss``: the mean
@@ -223,6 +276,9 @@ def finetune_kd(
                              f"{optimizer!r}")
     if loss == "cosine" and teacher is None:
         raise PicojouleError("finetune: loss 'cosine' needs a teacher (the uncompressed model)")
+    if features and loss != "cosine":
+        raise PicojouleError("finetune: features: distilled by cosine, so they need loss 'cosine'")
+    taps = _feature_taps(student, teacher, features) if features else None
     data = _require_data(data, "finetune_kd")
     if loss == "kl" and isinstance(data, InputBatches):
         raise PicojouleError(f"finetune: loss 'kl' needs labelled data ({data.name} has inputs only): give an "
@@ -287,6 +343,8 @@ def finetune_kd(
                         teacher_out = teacher(xb) if teacher is not None else None
                     if loss == "cosine":
                         value = _cosine_loss(student(xb), teacher_out)
+                        if taps is not None:
+                            value = value + taps.loss()
                     else:
                         value = _kd_loss(student(xb), teacher_out, yb.to(device), temperature, alpha)
                     opt.zero_grad(set_to_none=True)
@@ -301,6 +359,8 @@ def finetune_kd(
                 epoch += 1
     finally:
         bar.close()
+        if taps is not None:
+            taps.remove()
         for p in held:
             p.requires_grad_(True)
         if qat:

@@ -71,9 +71,9 @@ def search(
     ``train_data`` (an ArrayDataset) feeds ``evaluation={"finetune_steps": N}`` (or ``"finetune_seconds"``) and
     ``final_finetune={"seconds": S}``: after the search each winner is fine-tuned with knowledge distillation
     from ``model`` (``final_finetune={"loss": "cosine", "optimizer": "adamw", "qat": True, ...}`` for an embedding
-    model: then ``train_data`` may be any iterable of input batches without labels) and measured again (``finetuned_accuracy`` with ``evaluate``, ``finetuned_test_accuracy`` with
-    ``test_evaluate``; see :class:`~picojoule.search.config.FinalFinetuneConfig`). ``evaluate`` is what selects:
-    give it validation data, not the data you report on. ``test_evaluate(compressed_model) -> float``, if given,
+    model: then ``train_data`` may be any iterable of input batches without labels) and measured again
+    (``finetuned_accuracy`` with ``evaluate``, ``finetuned_test_accuracy`` with ``test_evaluate``; see
+    :class:`~picojoule.search.config.FinalFinetuneConfig`). ``evaluate`` is what selects: give it validation data, not the data you report on. ``test_evaluate(compressed_model) -> float``, if given,
     measures the Pareto front (so every winner) and the baselines once each after the search, on your test data,
     as ``test_accuracy`` (in the summary, ``to_dataframe()`` and result.json); it never steers the search.
 

@@ -184,8 +184,8 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
 
 
 def _cosine_loss(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
-    """Mean of 1 - cos(student, teacher) over the batch, each sample's output flattened."""
-    return (1.0 - F.cosine_similarity(student_out.flatten(1).float(), teacher_out.flatten(1).float(), dim=1)).mean()
+    """The mean of 1 - cos(student, teacher) over the vectors of the last dimension."""
+    return (1.0 - F.cosine_similarity(student_out.float(), teacher_out.float().detach(), dim=-1)).mean()
 
 
 class _FeatureTaps:
@@ -205,11 +205,8 @@ class _FeatureTaps:
 
     def loss(self) -> torch.Tensor:
         """The mean over the modules of 1 - cos(student, teacher) per position (the last dimension)."""
-        parts = []
-        for name in self.names:
-            s, t = self.out.pop(("student", name)), self.out.pop(("teacher", name))
-            parts.append((1.0 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1)).mean())
-        return torch.stack(parts).mean()
+        return torch.stack([_cosine_loss(self.out.pop(("student", name)), self.out.pop(("teacher", name)))
+                            for name in self.names]).mean()
 
     def remove(self) -> None:
         for h in self.hooks:
@@ -225,7 +222,7 @@ def _feature_taps(student: nn.Module, teacher: nn.Module | None, patterns: Seque
     if isinstance(patterns, str):
         patterns = [patterns]
     theirs = dict(teacher.named_modules())
-    pairs: list[tuple[str, nn.Module, nn.Module]] = []
+    pairs: dict[str, tuple[str, nn.Module, nn.Module]] = {}
     for pattern in patterns:
         found = [(n, m) for n, m in student.named_modules() if n and fnmatchcase(n, pattern)]
         if not found:
@@ -233,9 +230,8 @@ def _feature_taps(student: nn.Module, teacher: nn.Module | None, patterns: Seque
         for name, module in found:
             if name not in theirs:
                 raise PicojouleError(f"finetune: features: {name!r} is not a module of the teacher")
-            if name not in [p[0] for p in pairs]:
-                pairs.append((name, module, theirs[name]))
-    return _FeatureTaps(pairs)
+            pairs.setdefault(name, (name, module, theirs[name]))
+    return _FeatureTaps(list(pairs.values()))
 
 
 def finetune_kd(
@@ -259,10 +255,10 @@ def finetune_kd(
     (their weights under ``qat``, and biases), every norm and embedding stays as it is. ``features`` (with the
     ``cosine`` loss): module names or ``fnmatch`` patterns (``module.encoder.encoder.layer.*.output``) whose
     outputs are distilled too, by the cosine of each position's vector (the last dimension) to the teacher's at
-    the same module; their mean is added to the output's loss. The learning rate follows a cosine from ``lr`` to 0 over the budget, ``steps`` and/or
-    ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
+    the same module; their mean is added to the output's loss. The learning rate follows a cosine from ``lr`` to
+    0 over the budget, ``steps`` and/or ``seconds`` (the first reached stops it). Deterministic under ``seed`` when the budget is ``steps``.
     ``augment`` applies the CIFAR crop+flip augmentation. Leaves the student in eval mode. Returns
-    ``{"steps", "seconds", "final_loss", "loss", "optimizer", "lr", "qat_layers"}`` (``final_loss``: the mean
+    ``{"steps", "seconds", "final_loss", "loss", "optimizer", "lr", "weight_lr", "qat_layers"}`` (``final_loss``: the mean
     loss over the last 10 steps; NaN if no step ran).
     """
     if steps is None and seconds is None:
@@ -283,7 +279,7 @@ def finetune_kd(
     if loss == "kl" and isinstance(data, InputBatches):
         raise PicojouleError(f"finetune: loss 'kl' needs labelled data ({data.name} has inputs only): give an "
                              "ArrayDataset, or use loss 'cosine'")
-    qat_layers, on_grid, linear = 0, set(), None
+    qat_layers, on_grid, linear = 0, set(), None  # linear: the parameters only_linear trains
     if qat or only_linear:
         from picojoule.spaces.linear_ptq import RecipeLinear, enable_qat
 
@@ -300,7 +296,7 @@ def finetune_kd(
                 m.trainable_bias()
             linear = {id(p) for m in recipe for p in m.parameters()}
     # what only_linear leaves out computes no gradient meanwhile (the flags are restored at the end)
-    held = [p for p in student.parameters() if p.requires_grad and linear is not None and id(p) not in linear]
+    held = [] if linear is None else [p for p in student.parameters() if p.requires_grad and id(p) not in linear]
     for p in held:
         p.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -341,8 +337,8 @@ def finetune_kd(
                     xb = xb.to(device)
                     with torch.no_grad():
                         teacher_out = teacher(xb) if teacher is not None else None
-                    if loss == "cosine":
-                        value = _cosine_loss(student(xb), teacher_out)
+                    if loss == "cosine":  # each sample's output as one vector
+                        value = _cosine_loss(student(xb).flatten(1), teacher_out.flatten(1))
                         if taps is not None:
                             value = value + taps.loss()
                     else:
@@ -405,7 +401,7 @@ def evaluate(
     In order: BatchNorm re-estimation (``bn_reestimate``, on ``calib_data`` or else ``train_data``), the
     ``calibrate(model, batches)`` callback (``calib_batches`` batches of 128 inputs from the same data), a
     fine-tune on ``train_data`` distilled from ``teacher`` (``finetune_steps``/``finetune_seconds``; ``augment``:
-    CIFAR crop+flip; ``finetune_options``: :func:`finetune_kd`'s loss, optimizer, lr, qat, qat_scales), the
+    CIFAR crop+flip; ``finetune_options``: more of :func:`finetune_kd`'s keywords: loss, optimizer, qat, ...), the
     measurement (reported as ``accuracy`` whatever the metric is).
     Returns ``{"accuracy", "seconds", "n_test", "bn_images", "calibrated", "finetune"}``.
     """

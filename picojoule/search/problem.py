@@ -191,8 +191,8 @@ class Evaluator:
                   progress: bool = False, options: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """The final fine-tune of a winner: ``policy`` applied again, repaired, fine-tuned on the train split with
         knowledge distillation from the uncompressed model (``steps`` and/or ``seconds``), then measured on the
-        validation split and (where there is one) the test split; ``options``: :func:`finetune_kd`'s loss,
-        optimizer, lr, qat and qat_scales. Returns (the fine-tuned model,
+        validation split and (where there is one) the test split; ``options``: more of :func:`finetune_kd`'s
+        keywords (:meth:`~picojoule.search.config.FinalFinetuneConfig.options`). Returns (the fine-tuned model,
         ``{"accuracy", "test_accuracy" (None: no test split), "steps", "seconds"}``)."""
         if self.train is None or len(self.train) == 0:
             raise PicojouleError("field 'final_finetune': needs training data to fine-tune on (data.train, or "

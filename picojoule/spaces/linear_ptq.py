@@ -103,8 +103,10 @@ def _group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     return scale, zero
 
 
-def _fake(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    q = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+def _fake(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, ste: bool = False) -> torch.Tensor:
+    """``w`` rounded onto the grid ``(q - zero) * scale``; ``ste``: the rounding's gradient taken as 1."""
+    x = w / scale
+    q = torch.clamp((x + (torch.round(x) - x).detach() if ste else torch.round(x)) + zero, 0, 2**bits - 1)
     return (q - zero) * scale
 
 
@@ -118,6 +120,14 @@ class GroupGrid:
     group: int
     scale: torch.Tensor
     zero: torch.Tensor
+
+    def fake(self, w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``w`` (out x in) rounded onto this grid, straight-through (for QAT); ``scale`` in place of the grid's
+        (trained ones)."""
+        out_f, in_f = w.shape
+        rows = w.reshape(out_f, in_f // self.group, self.group)
+        s = (self.scale if scale is None else scale).to(rows)[..., None]
+        return _fake(rows, s, self.zero.to(rows)[..., None], self.bits, ste=True).reshape(out_f, in_f)
 
     def codes(self, w: torch.Tensor) -> torch.Tensor:
         """The integers ``q`` of ``w``, a weight on this grid (uint8, out x in)."""
@@ -483,6 +493,10 @@ class RecipeLinear(nn.Linear):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = bias
         self.layer_name, self.w_bits, self.a_bits, self.block = name, w_bits, a_bits, block
+        #: the weight's integer grid and sparsity mask (requantize_linears sets them), what QAT keeps it on
+        self.weight_grid: GroupGrid | None = None
+        self.sparse_mask: torch.Tensor | None = None
+        self.qat, self.qat_scale = False, None
         self.register_buffer("inv_s", inv_s)
         self.register_buffer("rotation", hadamard(block) if block > 1 else None)
         if a_bits is None:
@@ -507,19 +521,10 @@ class RecipeLinear(nn.Linear):
     def quantized_weight(self) -> torch.Tensor:
         """The weight the layer multiplies by: the fixed fake-quantized one, or under :meth:`enable_qat` the
         trainable latent weight rounded onto the layer's grid (straight-through: the rounding's gradient is 1)."""
-        if not getattr(self, "qat", False):
+        if not self.qat:
             return self.weight
-        w, grid = self.weight, getattr(self, "weight_grid", None)
-        if grid is not None:
-            out_f, in_f = w.shape
-            rows = w.reshape(out_f, in_f // grid.group, grid.group)
-            scale = (self.qat_scale if self.qat_scale is not None else grid.scale.to(rows))[..., None]
-            zero = grid.zero.to(rows)[..., None]
-            x = rows / scale
-            q = torch.clamp(x + (torch.round(x) - x).detach() + zero, 0, 2**grid.bits - 1)
-            w = ((q - zero) * scale).reshape(out_f, in_f)
-        mask = getattr(self, "sparse_mask", None)
-        return w if mask is None else w * mask.to(w)
+        w = self.weight if self.weight_grid is None else self.weight_grid.fake(self.weight, self.qat_scale)
+        return w if self.sparse_mask is None else w * self.sparse_mask.to(w)
 
     def enable_qat(self, scales: bool = False) -> None:
         """Quantization-aware fine-tuning: the weight (and the bias) become trainable, the weight kept on the
@@ -528,7 +533,7 @@ class RecipeLinear(nn.Linear):
         self.qat = True
         self.weight.requires_grad_(True)
         self.trainable_bias()
-        grid = getattr(self, "weight_grid", None)
+        grid = self.weight_grid
         self.qat_scale = (nn.Parameter(grid.scale.detach().clone().to(self.weight.dtype))
                           if scales and grid is not None else None)
 
@@ -543,10 +548,10 @@ class RecipeLinear(nn.Linear):
     def freeze_qat(self) -> None:
         """End :meth:`enable_qat`: the weight fixed at its rounded values (on the grid, with the trained scales),
         nothing of the layer trainable."""
-        if not getattr(self, "qat", False):
+        if not self.qat:
             return
         w = self.quantized_weight().detach().clone()
-        grid = getattr(self, "weight_grid", None)
+        grid = self.weight_grid
         if grid is not None and self.qat_scale is not None:
             grid = GroupGrid(grid.bits, grid.group, self.qat_scale.detach().float().clone(), grid.zero)
             self.weight_grid = grid
@@ -559,7 +564,7 @@ class RecipeLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}, rotation block={self.block}, "
-                f"smoothed={self.inv_s is not None}" + (", qat" if getattr(self, "qat", False) else ""))
+                f"smoothed={self.inv_s is not None}" + (", qat" if self.qat else ""))
 
 
 def enable_qat(model: nn.Module, scales: bool = False) -> list[nn.Parameter]:
@@ -575,7 +580,7 @@ def enable_qat(model: nn.Module, scales: bool = False) -> list[nn.Parameter]:
 
 def freeze_qat(model: nn.Module) -> int:
     """:meth:`RecipeLinear.freeze_qat` on every recipe layer of ``model``; returns the layers frozen."""
-    layers = [m for m in model.modules() if isinstance(m, RecipeLinear) and getattr(m, "qat", False)]
+    layers = [m for m in model.modules() if isinstance(m, RecipeLinear) and m.qat]
     for m in layers:
         m.freeze_qat()
     return len(layers)
@@ -645,7 +650,7 @@ def requantize_linears(model: nn.Module, batches: Iterable[Any], recipe: LinearQ
         new = RecipeLinear(w.to(layer.weight.dtype), layer.bias, name, w_bits, a_bits, recipe.activations,
                            None if s is None else (1.0 / s).to(layer.weight.device), block, recipe.act_clip,
                            recipe.act_group)
-        new.weight_grid, new.sparse_mask = grid, mask  # what QAT keeps the weight on
+        new.weight_grid, new.sparse_mask = grid, mask
         if grid is not None and rot is None and s is None:
             new.group_grid = grid
         new.train(layer.training)
